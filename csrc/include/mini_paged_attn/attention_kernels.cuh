@@ -1,0 +1,400 @@
+// One-pass paged decode attention (flash-decoding) on tensor cores.
+//
+// A thread block serves one (sequence, kv_head, group of up to 8 query heads,
+// context split). Its warps stream disjoint 16-token tiles of K and V through
+// their own cp.async pipelines in shared memory, so each K/V page is read from
+// memory once per block, whatever the number of query heads it serves. Each
+// warp keeps an online softmax of its own; the warps are merged at the end, and
+// the splits of a sequence (when the batch cannot fill the GPU) by
+// paged_attention_merge_kernel.
+//
+// Scores and the weighted sum of V run on mma.sync m16n8k16 with fp32
+// accumulators. Query heads fill rows 0-7 of the A operand and the rounding
+// residue of each (x - fp16/bf16(x)) fills rows 8-15, so both the query and the
+// probabilities keep about 16 mantissa bits: accuracy close to fp32 arithmetic
+// on the cache values, at no extra tensor-core cost. fp32 caches are split the
+// same way on the B side (two MMAs instead of one).
+#pragma once
+
+#include <cmath>
+#include <type_traits>
+
+#include "mini_paged_attn/cuda_utils.cuh"
+
+namespace mini_paged_attn::cuda {
+
+// Everything one launch of the decode kernel needs. Strides are in elements.
+struct PagedAttentionParams {
+  void* out;                    // [num_seqs, num_heads, head_size], query dtype
+  float* tmp_out;               // [num_seqs, num_heads, num_splits, head_size] (num_splits > 1)
+  float* max_logits;            // [num_seqs, num_heads, num_splits], log2 domain
+  float* exp_sums;              // [num_seqs, num_heads, num_splits]
+  const void* query;            // [num_seqs, num_heads, head_size]
+  const void* key_cache;        // [num_blocks, block_size, num_kv_heads, head_size]
+  const void* value_cache;      // [num_blocks, block_size, num_kv_heads, head_size]
+  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
+  const int32_t* context_lens;  // [num_seqs]
+  int64_t out_seq_stride, out_head_stride;
+  int64_t q_seq_stride, q_head_stride;
+  int64_t k_block_stride, k_token_stride, k_head_stride;
+  int64_t v_block_stride, v_token_stride, v_head_stride;
+  int64_t block_table_stride;
+  int num_heads, num_kv_heads;
+  int group_size;   // num_heads / num_kv_heads
+  int head_chunks;  // blocks per kv head: ceil(group_size / 8)
+  int log2_block_size;
+  int max_context;  // max_blocks_per_seq * block_size: contexts are clamped to it
+  int split_len;    // tokens per split, a multiple of the block's tile
+  int num_splits;
+  float scale_log2;  // softmax scale * log2(e): the kernel works with exp2
+};
+
+// Query heads a block serves: MMA rows 0-7, with their residues in rows 8-15.
+constexpr int kHeadsPerBlock = 8;
+
+template <typename cache_t, int HEAD_SIZE>
+struct AttnTraits {
+  // fp32 caches are fed to bf16 tensor cores as hi + lo pairs.
+  using mma_t = std::conditional_t<std::is_same_v<cache_t, __half>, __half, __nv_bfloat16>;
+  static constexpr bool kFloatCache = std::is_same_v<cache_t, float>;
+  static constexpr int kHeads = kHeadsPerBlock;
+  static constexpr int kTileTokens = 16;  // tokens per warp and pipeline stage: one MMA k-step
+  static constexpr int kChunks = HEAD_SIZE * int(sizeof(cache_t)) / 16;  // 16-byte pieces a row
+  // One 16-byte pad per row makes the 8 rows an ldmatrix reads hit distinct banks.
+  static constexpr int kRowBytes = HEAD_SIZE * int(sizeof(cache_t)) + 16;
+  static constexpr int kStageBytes = 2 * kTileTokens * kRowBytes;  // K tile + V tile
+  // Four warps unless two stages of four would not fit (fp32, head size 256).
+  static constexpr int kWarps = 2 * 4 * kStageBytes <= 160 * 1024 ? 4 : 2;
+  // About 120 KB of stages a block: two blocks an SM for head size 128 with
+  // 16-bit caches, and well over the bytes in flight HBM3 needs.
+  static constexpr int kStages = 120 * 1024 / (kWarps * kStageBytes) < 2   ? 2
+                                 : 120 * 1024 / (kWarps * kStageBytes) > 4 ? 4
+                                 : 120 * 1024 / (kWarps * kStageBytes);
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockTokens = kWarps * kTileTokens;  // split lengths are multiples
+  static constexpr int kQRowBytes = HEAD_SIZE * 2 + 16;
+  static constexpr int kQBytes = 16 * kQRowBytes;
+  static constexpr int kPipeBytes = kWarps * kStages * kStageBytes;
+  static constexpr int kMergeBytes = kWarps * kHeads * (HEAD_SIZE + 2) * 4;
+  static constexpr int kSmemBytes =
+      kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
+  static_assert(HEAD_SIZE % 16 == 0, "head_size must be a multiple of 16");
+  static_assert(kChunks % 2 == 0, "a 16-token tile must split evenly over 32 lanes");
+};
+
+template <typename query_t, typename cache_t, int HEAD_SIZE>
+__global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
+    paged_attention_kernel(const PagedAttentionParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Tr = AttnTraits<cache_t, HEAD_SIZE>;
+  using mma_t = typename Tr::mma_t;
+  constexpr int D = HEAD_SIZE;
+  constexpr int kWarps = Tr::kWarps, kStages = Tr::kStages, kTile = Tr::kTileTokens;
+  constexpr unsigned kFull = 0xffffffffu;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* q_smem = smem;                   // [16][kQRowBytes]: hi rows, then lo rows
+  unsigned char* pipe_smem = smem + Tr::kQBytes;  // per warp: [kStages][K|V][16][kRowBytes]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int gid = lane / 4, tig = lane % 4;  // mma fragment coordinates
+
+  const int pairs_per_seq = p.num_kv_heads * p.head_chunks;
+  const int seq = blockIdx.x / pairs_per_seq;
+  const int kv_head = (blockIdx.x % pairs_per_seq) / p.head_chunks;
+  const int chunk = blockIdx.x % p.head_chunks;
+  const int head0 = kv_head * p.group_size + chunk * Tr::kHeads;
+  const int num_q = min(Tr::kHeads, p.group_size - chunk * Tr::kHeads);
+  const int split = blockIdx.y;
+
+  const int context_len = min(p.context_lens[seq], p.max_context);
+  const int start = split * p.split_len;
+  query_t* out = static_cast<query_t*>(p.out) + seq * p.out_seq_stride;
+  if (start >= context_len) {
+    // Empty split: the merge kernel ignores it; without splits the output is zero.
+    if (p.num_splits == 1) {
+      for (int i = threadIdx.x; i < num_q * D; i += Tr::kThreads) {
+        out[(head0 + i / D) * p.out_head_stride + i % D] = Convert<query_t>::from_float(0.f);
+      }
+    }
+    return;
+  }
+  const int end = min(context_len, start + p.split_len);
+
+  // Query rows, pre-scaled, as hi and lo 16-bit parts; rows past num_q are zero.
+  const query_t* q = static_cast<const query_t*>(p.query) + seq * p.q_seq_stride;
+  for (int i = threadIdx.x; i < Tr::kHeads * D; i += Tr::kThreads) {
+    const int g = i / D, d = i % D;
+    const float x =
+        g < num_q ? Convert<query_t>::to_float(q[(head0 + g) * p.q_head_stride + d]) * p.scale_log2
+                  : 0.f;
+    float hi, lo;
+    split_hi_lo<mma_t>(x, hi, lo);
+    reinterpret_cast<mma_t*>(q_smem + g * Tr::kQRowBytes)[d] = Convert<mma_t>::from_float(hi);
+    reinterpret_cast<mma_t*>(q_smem + (g + 8) * Tr::kQRowBytes)[d] =
+        Convert<mma_t>::from_float(lo);
+  }
+  __syncthreads();
+
+  // Warp w takes tiles w, w + kWarps, ... of [start, end).
+  unsigned char* wsmem = pipe_smem + warp * kStages * Tr::kStageBytes;
+  const int num_tiles = (end - start + kTile - 1) / kTile;
+  const int my_tiles = warp < num_tiles ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
+  auto tile_start = [&](int j) { return start + (warp + j * kWarps) * kTile; };
+
+  // Lanes l and l + 16 look up the page of token l of a tile; page -1 marks a
+  // token past the end, which is zero-filled instead of read (it may be NaN).
+  const int32_t* block_table = p.block_tables + seq * p.block_table_stride;
+  const int offset_mask = (1 << p.log2_block_size) - 1;
+  auto lookup = [&](int j, int& page, int& offset) {
+    const int tok = tile_start(j) + (lane & 15);
+    page = -1;
+    offset = 0;
+    if (j < my_tiles && tok < end) {
+      page = __ldg(block_table + (tok >> p.log2_block_size));
+      offset = tok & offset_mask;
+    }
+  };
+
+  const cache_t* k_base = static_cast<const cache_t*>(p.key_cache) + kv_head * p.k_head_stride;
+  const cache_t* v_base = static_cast<const cache_t*>(p.value_cache) + kv_head * p.v_head_stride;
+  // Consecutive lanes copy consecutive 16-byte pieces of a row: coalesced.
+  auto issue = [&](int stage, int page, int offset) {
+    unsigned char* ks = wsmem + stage * Tr::kStageBytes;
+    unsigned char* vs = ks + kTile * Tr::kRowBytes;
+#pragma unroll
+    for (int k = 0; k < Tr::kChunks / 2; ++k) {
+      const int idx = lane + 32 * k;
+      const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
+      const int pg = __shfl_sync(kFull, page, row);
+      const int off = __shfl_sync(kFull, offset, row);
+      const bool valid = pg >= 0;
+      const int64_t blk = valid ? pg : 0;
+      const int elem = c * (16 / int(sizeof(cache_t)));
+      cp_async_16(ks + row * Tr::kRowBytes + c * 16,
+                  k_base + blk * p.k_block_stride + off * p.k_token_stride + elem, valid);
+      cp_async_16(vs + row * Tr::kRowBytes + c * 16,
+                  v_base + blk * p.v_block_stride + off * p.v_token_stride + elem, valid);
+    }
+  };
+
+  float o[D / 8][4];  // accumulator tiles: rows gid (hi) and gid + 8 (lo) of head gid
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m = -INFINITY;  // running max (log2 domain) of head gid
+  float l = 0.f;        // this lane's part of the running sum of exp2
+
+  auto compute = [&](int stage, int j) {
+    const unsigned char* ks = wsmem + stage * Tr::kStageBytes;
+    const unsigned char* vs = ks + kTile * Tr::kRowBytes;
+
+    // S = Q K^T for 16 tokens: s[n] holds tokens 8n + 2 tig + {0, 1}.
+    float s[2][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, q_smem + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kQRowBytes +
+                         (kk * 16 + (lane >> 4) * 8) * 2);
+      if constexpr (!Tr::kFloatCache) {
+        uint32_t b[4];
+        ldmatrix_x4(b, ks + ((lane & 7) + (lane >> 4) * 8) * Tr::kRowBytes +
+                           (kk * 16 + ((lane >> 3) & 1) * 8) * 2);
+        mma_16816<mma_t>(s[0], a, b[0], b[1]);
+        mma_16816<mma_t>(s[1], a, b[2], b[3]);
+      } else {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const float* k = reinterpret_cast<const float*>(ks + (n * 8 + gid) * Tr::kRowBytes) +
+                           kk * 16 + tig * 2;
+          const float2 k0 = *reinterpret_cast<const float2*>(k);
+          const float2 k1 = *reinterpret_cast<const float2*>(k + 8);
+          float h[4], r[4];
+          split_hi_lo<mma_t>(k0.x, h[0], r[0]);
+          split_hi_lo<mma_t>(k0.y, h[1], r[1]);
+          split_hi_lo<mma_t>(k1.x, h[2], r[2]);
+          split_hi_lo<mma_t>(k1.y, h[3], r[3]);
+          mma_16816<mma_t>(s[n], a, Convert<mma_t>::pack2(h[0], h[1]),
+                           Convert<mma_t>::pack2(h[2], h[3]));
+          mma_16816<mma_t>(s[n], a, Convert<mma_t>::pack2(r[0], r[1]),
+                           Convert<mma_t>::pack2(r[2], r[3]));
+        }
+      }
+    }
+
+    // Online softmax of head gid over this tile; masked tokens get exp2(-inf) = 0.
+    const int valid_tokens = end - tile_start(j);
+    float x[2][2];
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        x[n][e] = n * 8 + tig * 2 + e < valid_tokens ? s[n][e] + s[n][e + 2] : -INFINITY;
+        tile_max = fmaxf(tile_max, x[n][e]);
+      }
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(kFull, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(kFull, tile_max, 2));
+    const float m_new = fmaxf(m, tile_max);  // finite: token 0 of a tile is always valid
+    const float alpha = exp2f(m - m_new);    // 0 on the first tile
+    m = m_new;
+    l *= alpha;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= alpha;
+    }
+
+    // P as the A operand: row gid = hi parts, row gid + 8 = lo parts.
+    uint32_t a[4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+      float h[2], r[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pr = exp2f(x[n][e] - m_new);
+        l += pr;
+        split_hi_lo<mma_t>(pr, h[e], r[e]);
+      }
+      a[2 * n] = Convert<mma_t>::pack2(h[0], h[1]);
+      a[2 * n + 1] = Convert<mma_t>::pack2(r[0], r[1]);
+    }
+
+    // O += P V.
+    if constexpr (!Tr::kFloatCache) {
+#pragma unroll
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes +
+                                 (n + (lane >> 4)) * 16);
+        mma_16816<mma_t>(o[n], a, b[0], b[1]);
+        mma_16816<mma_t>(o[n + 1], a, b[2], b[3]);
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const float* v = reinterpret_cast<const float*>(vs + tig * 2 * Tr::kRowBytes) + n * 8 + gid;
+        const float v_rows[4] = {v[0], v[Tr::kRowBytes / 4], v[8 * Tr::kRowBytes / 4],
+                                 v[9 * Tr::kRowBytes / 4]};
+        float h[4], r[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) split_hi_lo<mma_t>(v_rows[e], h[e], r[e]);
+        mma_16816<mma_t>(o[n], a, Convert<mma_t>::pack2(h[0], h[1]),
+                         Convert<mma_t>::pack2(h[2], h[3]));
+        mma_16816<mma_t>(o[n], a, Convert<mma_t>::pack2(r[0], r[1]),
+                         Convert<mma_t>::pack2(r[2], r[3]));
+      }
+    }
+  };
+
+  // Pipeline: kStages - 1 tiles in flight while one is computed; the page ids
+  // of the next tile to issue are loaded one iteration ahead.
+  int pages[kStages], offsets[kStages];
+#pragma unroll
+  for (int st = 0; st < kStages; ++st) lookup(st, pages[st], offsets[st]);
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_tiles) issue(st, pages[st], offsets[st]);
+    cp_async_commit();
+  }
+  int next_page = pages[kStages - 1], next_offset = offsets[kStages - 1];
+  for (int j = 0; j < my_tiles; ++j) {
+    const int jn = j + kStages - 1;
+    if (jn < my_tiles) issue(jn % kStages, next_page, next_offset);
+    cp_async_commit();
+    lookup(jn + 1, next_page, next_offset);
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
+    compute(j % kStages, j);
+    __syncwarp();  // the stage is refilled in a later iteration
+  }
+  cp_async_wait<0>();
+  l += __shfl_xor_sync(kFull, l, 1);
+  l += __shfl_xor_sync(kFull, l, 2);
+
+  // Merge the warps through shared memory (the pipeline buffers, now idle).
+  __syncthreads();
+  float* merge_o = reinterpret_cast<float*>(pipe_smem);  // [kWarps][8][D]
+  float* merge_m = merge_o + kWarps * Tr::kHeads * D;     // [kWarps][8]
+  float* merge_l = merge_m + kWarps * Tr::kHeads;         // [kWarps][8]
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    *reinterpret_cast<float2*>(merge_o + (warp * Tr::kHeads + gid) * D + n * 8 + tig * 2) =
+        make_float2(o[n][0] + o[n][2], o[n][1] + o[n][3]);
+  }
+  if (tig == 0) {
+    merge_m[warp * Tr::kHeads + gid] = m;
+    merge_l[warp * Tr::kHeads + gid] = l;
+  }
+  __syncthreads();
+
+  for (int i = threadIdx.x; i < num_q * D; i += Tr::kThreads) {
+    const int g = i / D, d = i % D;
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, merge_m[w * Tr::kHeads + g]);
+    float l_all = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = exp2f(merge_m[w * Tr::kHeads + g] - m_all);  // 0 for idle warps
+      l_all += f * merge_l[w * Tr::kHeads + g];
+      acc += f * merge_o[(w * Tr::kHeads + g) * D + d];
+    }
+    const int head = head0 + g;
+    if (p.num_splits == 1) {
+      out[head * p.out_head_stride + d] = Convert<query_t>::from_float(acc / l_all);
+    } else {
+      const int64_t row = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split;
+      p.tmp_out[row * D + d] = acc / l_all;
+      if (d == 0) {
+        p.max_logits[row] = m_all;
+        p.exp_sums[row] = l_all;
+      }
+    }
+  }
+#else
+  __trap();  // the host side refuses devices older than sm_80
+#endif
+}
+
+// Combines the splits of one (sequence, query head): the softmax-weighted mean
+// of the split outputs, weighted by each split's sum of exp2 under a common max.
+template <typename out_t>
+__global__ void paged_attention_merge_kernel(
+    out_t* __restrict__ out,                  // [num_seqs, num_heads, head_size]
+    const float* __restrict__ tmp_out,        // [num_seqs, num_heads, num_splits, head_size]
+    const float* __restrict__ max_logits,     // [num_seqs, num_heads, num_splits]
+    const float* __restrict__ exp_sums,       // [num_seqs, num_heads, num_splits]
+    const int32_t* __restrict__ context_lens,  // [num_seqs]
+    int64_t out_seq_stride, int64_t out_head_stride, int head_size, int num_splits,
+    int split_len, int max_context) {
+  extern __shared__ float weights[];  // [num_splits]
+  const int head = blockIdx.x, seq = blockIdx.y;
+  const int context_len = min(context_lens[seq], max_context);
+  // Splits past the context were never written.
+  const int used = context_len > 0 ? (context_len + split_len - 1) / split_len : 0;
+  out_t* o = out + seq * out_seq_stride + head * out_head_stride;
+  if (used == 0) {
+    for (int d = threadIdx.x; d < head_size; d += blockDim.x) o[d] = Convert<out_t>::from_float(0.f);
+    return;
+  }
+  const int64_t row = static_cast<int64_t>(seq) * gridDim.x + head;
+  const float* ml = max_logits + row * num_splits;
+  float m_all = -INFINITY;
+  for (int s = 0; s < used; ++s) m_all = fmaxf(m_all, ml[s]);
+  for (int s = threadIdx.x; s < used; s += blockDim.x) {
+    weights[s] = exp2f(ml[s] - m_all) * exp_sums[row * num_splits + s];
+  }
+  __syncthreads();
+  float total = 0.f;
+  for (int s = 0; s < used; ++s) total += weights[s];
+  const float inv_total = 1.f / total;
+  const float* t = tmp_out + row * num_splits * head_size;
+  for (int d = threadIdx.x; d < head_size; d += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < used; ++s) acc += weights[s] * t[s * head_size + d];
+    o[d] = Convert<out_t>::from_float(acc * inv_total);
+  }
+}
+
+}  // namespace mini_paged_attn::cuda

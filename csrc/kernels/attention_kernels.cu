@@ -1,0 +1,202 @@
+// Host side of the CUDA paged_attention_out op: checks, dtype and head-size
+// dispatch, the choice of context splits, and the launches. Kernels live in
+// mini_paged_attn/attention_kernels.cuh.
+//
+// Nothing here reads device data or synchronises, and temporary buffers depend
+// on shapes only, so the op can be captured in a CUDA graph.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "mini_paged_attn/attention_kernels.cuh"
+#include "mini_paged_attn/checks.h"
+
+namespace mini_paged_attn::cuda {
+namespace {
+
+constexpr int kMinSplitTokens = 256;  // shorter splits cost more in prologue and merge than they gain
+constexpr int kMergeThreads = 128;
+
+int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+// Rows are copied with 16-byte cp.async, so they must start on 16 bytes.
+void check_cache_alignment(const char* op, const char* name, const at::Tensor& cache) {
+  const int64_t elem = cache.element_size();
+  const bool aligned = reinterpret_cast<uintptr_t>(cache.data_ptr()) % 16 == 0 &&
+                       (cache.stride(0) * elem) % 16 == 0 && (cache.stride(1) * elem) % 16 == 0 &&
+                       (cache.stride(2) * elem) % 16 == 0;
+  TORCH_CHECK_VALUE(aligned, op, ": ", name,
+                    " rows must start on 16-byte boundaries (data pointer and strides), got "
+                    "strides ",
+                    cache.strides(), " for dtype ", cache.scalar_type());
+}
+
+// Splits the context when the (sequence, kv head) blocks cannot fill the GPU.
+// Decided from shapes only (max_context is the block-table capacity), never
+// from context_lens, so nothing synchronises.
+struct SplitPlan {
+  int split_len;
+  int num_splits;
+};
+
+SplitPlan plan_splits(int64_t blocks_per_split, int max_context, int slots, int block_tokens) {
+  const int whole = std::max(block_tokens, ceil_div(std::max(max_context, 1), block_tokens) *
+                                               block_tokens);
+  if (blocks_per_split >= slots) return {whole, 1};
+  const int64_t want = slots / blocks_per_split;  // splits that make about one full wave
+  int split_len = ceil_div(ceil_div(max_context, want), block_tokens) * block_tokens;
+  split_len = std::min(whole, std::max(split_len, kMinSplitTokens));
+  return {split_len, ceil_div(std::max(max_context, 1), split_len)};
+}
+
+template <typename query_t, typename cache_t, int HEAD_SIZE>
+void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seqs, int device,
+                      cudaStream_t stream) {
+  using Tr = AttnTraits<cache_t, HEAD_SIZE>;
+  auto kernel = paged_attention_kernel<query_t, cache_t, HEAD_SIZE>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Tr::kSmemBytes));
+  static const int blocks_per_sm = [&] {
+    int n = 0;
+    C10_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, Tr::kThreads, Tr::kSmemBytes));
+    return std::max(n, 1);
+  }();
+
+  const int64_t blocks = static_cast<int64_t>(num_seqs) * p.num_kv_heads * p.head_chunks;
+  TORCH_CHECK(blocks < (int64_t{1} << 31), "paged_attention: too many sequences and heads");
+  const SplitPlan plan =
+      plan_splits(blocks, p.max_context, num_sms(device) * blocks_per_sm, Tr::kBlockTokens);
+  p.split_len = plan.split_len;
+  p.num_splits = plan.num_splits;
+
+  at::Tensor tmp_out, max_logits, exp_sums;
+  if (plan.num_splits > 1) {
+    const auto opts = out.options().dtype(at::kFloat);
+    tmp_out = at::empty({num_seqs, p.num_heads, plan.num_splits, HEAD_SIZE}, opts);
+    max_logits = at::empty({num_seqs, p.num_heads, plan.num_splits}, opts);
+    exp_sums = at::empty({num_seqs, p.num_heads, plan.num_splits}, opts);
+    p.tmp_out = tmp_out.data_ptr<float>();
+    p.max_logits = max_logits.data_ptr<float>();
+    p.exp_sums = exp_sums.data_ptr<float>();
+  }
+
+  const dim3 grid(static_cast<unsigned>(blocks), plan.num_splits);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  if (plan.num_splits > 1) {
+    const dim3 merge_grid(p.num_heads, num_seqs);
+    paged_attention_merge_kernel<query_t>
+        <<<merge_grid, kMergeThreads, plan.num_splits * sizeof(float), stream>>>(
+            static_cast<query_t*>(p.out), p.tmp_out, p.max_logits, p.exp_sums, p.context_lens,
+            p.out_seq_stride, p.out_head_stride, HEAD_SIZE, plan.num_splits, plan.split_len,
+            p.max_context);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename query_t, typename cache_t>
+void dispatch_head_size(int64_t head_size, const PagedAttentionParams& p, const at::Tensor& out,
+                        int num_seqs, int device, cudaStream_t stream) {
+  switch (head_size) {
+    case 64: launch_attention<query_t, cache_t, 64>(p, out, num_seqs, device, stream); break;
+    case 80: launch_attention<query_t, cache_t, 80>(p, out, num_seqs, device, stream); break;
+    case 96: launch_attention<query_t, cache_t, 96>(p, out, num_seqs, device, stream); break;
+    case 128: launch_attention<query_t, cache_t, 128>(p, out, num_seqs, device, stream); break;
+    case 256: launch_attention<query_t, cache_t, 256>(p, out, num_seqs, device, stream); break;
+    default:
+      TORCH_CHECK(false, "Unsupported head_size ", head_size,
+                  " for CUDA paged_attention (supported: 64, 80, 96, 128, 256)");
+  }
+}
+
+// Query is either the cache dtype or float32 (with a 16-bit cache).
+template <typename cache_t>
+void dispatch_query(at::ScalarType query_dtype, int64_t head_size, const PagedAttentionParams& p,
+                    const at::Tensor& out, int num_seqs, int device, cudaStream_t stream) {
+  if (query_dtype == at::kFloat) {
+    dispatch_head_size<float, cache_t>(head_size, p, out, num_seqs, device, stream);
+  } else {
+    dispatch_head_size<cache_t, cache_t>(head_size, p, out, num_seqs, device, stream);
+  }
+}
+
+void paged_attention_out(const at::Tensor& out, const at::Tensor& query,
+                         const at::Tensor& key_cache, const at::Tensor& value_cache,
+                         const at::Tensor& block_tables, const at::Tensor& context_lens,
+                         double scale) {
+  const char* op = "paged_attention";
+  const PagedAttentionDims d =
+      check_paged_attention(op, out, query, key_cache, value_cache, block_tables, context_lens);
+  check_cache_alignment(op, "key_cache", key_cache);
+  check_cache_alignment(op, "value_cache", value_cache);
+  const int64_t block_size = d.block_size;
+  TORCH_CHECK_VALUE(block_size >= 1 && block_size <= 256 && (block_size & (block_size - 1)) == 0,
+                    op, ": CUDA block_size must be a power of two from 1 to 256, got ",
+                    block_size);
+  const int64_t max_context = d.max_blocks_per_seq * block_size;
+  TORCH_CHECK_VALUE(max_context < (int64_t{1} << 30), op, ": block_tables allows ", max_context,
+                    " tokens a sequence, more than supported");
+  if (d.num_seqs == 0) return;
+
+  const c10::cuda::CUDAGuard guard(query.device());
+  const int device = query.get_device();
+  check_compute_capability(op, device);
+
+  PagedAttentionParams p{};
+  p.out = out.data_ptr();
+  p.query = query.data_ptr();
+  p.key_cache = key_cache.data_ptr();
+  p.value_cache = value_cache.data_ptr();
+  p.block_tables = block_tables.data_ptr<int32_t>();
+  p.context_lens = context_lens.data_ptr<int32_t>();
+  p.out_seq_stride = out.stride(0);
+  p.out_head_stride = out.stride(1);
+  p.q_seq_stride = query.stride(0);
+  p.q_head_stride = query.stride(1);
+  p.k_block_stride = key_cache.stride(0);
+  p.k_token_stride = key_cache.stride(1);
+  p.k_head_stride = key_cache.stride(2);
+  p.v_block_stride = value_cache.stride(0);
+  p.v_token_stride = value_cache.stride(1);
+  p.v_head_stride = value_cache.stride(2);
+  p.block_table_stride = block_tables.stride(0);
+  p.num_heads = static_cast<int>(d.num_heads);
+  p.num_kv_heads = static_cast<int>(d.num_kv_heads);
+  p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
+  p.head_chunks = ceil_div(p.group_size, kHeadsPerBlock);
+  p.log2_block_size = 0;
+  while ((int64_t{1} << p.log2_block_size) < block_size) ++p.log2_block_size;
+  p.max_context = static_cast<int>(max_context);
+  p.scale_log2 = static_cast<float>(scale * M_LOG2E);
+
+  const int num_seqs = static_cast<int>(d.num_seqs);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  switch (key_cache.scalar_type()) {
+    case at::kHalf:
+      dispatch_query<__half>(query.scalar_type(), d.head_size, p, out, num_seqs, device, stream);
+      break;
+    case at::kBFloat16:
+      dispatch_query<__nv_bfloat16>(query.scalar_type(), d.head_size, p, out, num_seqs, device,
+                                    stream);
+      break;
+    case at::kFloat:
+      dispatch_head_size<float, float>(d.head_size, p, out, num_seqs, device, stream);
+      break;
+    default:
+      TORCH_CHECK(false, "Unsupported cache dtype ", key_cache.scalar_type(),
+                  " for CUDA paged_attention");
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mini_paged_attn, CUDA, m) {
+  m.impl("paged_attention_out", &paged_attention_out);
+}
+
+}  // namespace mini_paged_attn::cuda

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Compiles every csrc/kernels/*.cu for sm_80 and sm_90 (compile only, no GPU
+# needed) with the flags torch's BuildExtension passes, so a broken kernel is
+# caught where there is no GPU. Exits 0 with a message when nvcc is absent.
+#
+#   PYTHON=...            interpreter whose torch provides the headers
+#                         (default: .venv/bin/python if present, else python3)
+#   NVCC_EXTRA_FLAGS=...  appended to every nvcc call (e.g. "-Xptxas -v")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NVCC="${NVCC:-$(command -v nvcc || true)}"
+if [[ -z "$NVCC" && -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]]; then
+  NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+fi
+if [[ -z "$NVCC" ]]; then
+  echo "check_cuda_compile: nvcc not found, skipping the CUDA compile check"
+  exit 0
+fi
+
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+# Include paths and defines as BuildExtension gives them. The CPU torch wheel
+# ships the c10/cuda headers but not the generated cuda_cmake_macros.h, which
+# C10_CUDA_NO_CMAKE_CONFIGURE_FILE skips (it only holds export macros).
+mapfile -t TORCH_FLAGS < <("$PYTHON" - <<'EOF'
+import sysconfig
+import torch
+from torch.utils import cpp_extension as ce
+for p in ce.include_paths():
+    print(f"-I{p}")
+print(f"-I{sysconfig.get_paths()['include']}")
+for f in ce.COMMON_NVCC_FLAGS:
+    print(f)
+print(f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
+EOF
+)
+if [[ ! -f "$("$PYTHON" -c 'from torch.utils.cpp_extension import include_paths; print(include_paths()[0])')/c10/cuda/impl/cuda_cmake_macros.h" ]]; then
+  TORCH_FLAGS+=("-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE")
+fi
+
+FLAGS=("${TORCH_FLAGS[@]}" -Icsrc/include -DTORCH_API_INCLUDE_EXTENSION_H
+       -DTORCH_EXTENSION_NAME=_C -DMINI_PAGED_ATTN_WITH_CUDA -O3 -std=c++17 -lineinfo
+       --compiler-options -fPIC
+       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90)
+# shellcheck disable=SC2206
+EXTRA=(${NVCC_EXTRA_FLAGS:-})
+
+OUT_DIR="$(mktemp -d)"
+trap 'rm -rf "$OUT_DIR"' EXIT
+echo "check_cuda_compile: $("$NVCC" --version | tail -n 1)"
+status=0
+pids=()
+files=(csrc/kernels/*.cu)
+for f in "${files[@]}"; do
+  (
+    start=$SECONDS
+    if "$NVCC" "${FLAGS[@]}" "${EXTRA[@]}" -c "$f" -o "$OUT_DIR/$(basename "$f").o" \
+        >"$OUT_DIR/$(basename "$f").log" 2>&1; then
+      echo "  ok   $f ($((SECONDS - start)) s)"
+      if [[ -n "${NVCC_EXTRA_FLAGS:-}" ]]; then cat "$OUT_DIR/$(basename "$f").log"; fi
+    else
+      echo "  FAIL $f"
+      cat "$OUT_DIR/$(basename "$f").log"
+      exit 1
+    fi
+  ) &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+if (( status != 0 )); then
+  echo "check_cuda_compile: FAILED"
+  exit 1
+fi
+echo "check_cuda_compile: all ${#files[@]} files compile for sm_80 and sm_90"
