@@ -1,0 +1,274 @@
+// CPU paged decode attention: one pass over each sequence's blocks with an
+// online softmax, parallel over (sequence, context partition) pairs, then a
+// merge of the partitions. The query heads sharing a KV head are served
+// together, so each K/V row is read once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "mini_paged_attn/checks.h"
+#include "mini_paged_attn/cpu_vec.h"
+
+namespace mini_paged_attn::cpu {
+
+// One partition of one sequence: tokens [first_token, end_token) for every
+// head. Reading whole blocks (all KV heads of a token are adjacent) keeps the
+// access sequential; per-head rows are 4 KB apart and would cost a TLB miss
+// each. Strides are in elements.
+struct PartitionTask {
+  const float* q;              // [num_heads, head_size], pre-multiplied by scale
+  float* acc;                  // [num_heads, head_size], unnormalised output
+  float* max;                  // [num_heads], running max of the scores
+  float* sum;                  // [num_heads], running sum of exp(score - max)
+  float* scores;               // [num_heads, block_size] scratch
+  const void** rows;           // [block_size] scratch
+  const int32_t* block_table;  // [max_blocks_per_seq]
+  const void* k;               // key_cache data
+  const void* v;               // value_cache data
+  int64_t k_block_stride, k_token_stride, k_head_stride;
+  int64_t v_block_stride, v_token_stride, v_head_stride;
+  int64_t num_heads, num_kv_heads, head_size, block_size;
+  int64_t first_token, end_token;  // first_token is a multiple of block_size
+};
+
+template <typename T>
+MPA_INLINE void attend_impl(const PartitionTask& t) {
+  const int64_t H = t.num_heads, KVH = t.num_kv_heads, G = H / KVH;
+  const int64_t D = t.head_size, B = t.block_size;
+  const T** rows = reinterpret_cast<const T**>(t.rows);
+  std::fill(t.acc, t.acc + H * D, 0.f);
+  std::fill(t.max, t.max + H, -std::numeric_limits<float>::infinity());
+  std::fill(t.sum, t.sum + H, 0.f);
+
+  const T* kc = static_cast<const T*>(t.k);
+  const T* vc = static_cast<const T*>(t.v);
+  for (int64_t b = t.first_token / B; b * B < t.end_token; ++b) {
+    const int64_t block = t.block_table[b];
+    // Only the first n slots of the last block are read: the rest may be NaN.
+    const int64_t n = std::min(B, t.end_token - b * B);
+    const T* kb = kc + block * t.k_block_stride;
+    const T* vb = vc + block * t.v_block_stride;
+    auto krow = [&](int64_t i, int64_t h) { return kb + i * t.k_token_stride + h * t.k_head_stride; };
+
+    for (int64_t h = 0; h < KVH; ++h) {
+      const float* qh = t.q + h * G * D;
+      float* p = t.scores + h * G * B;  // p[g * B + i]
+      // Four dot products at a time: across the query heads of the group when
+      // it is large enough, across tokens otherwise.
+      if (G >= 4) {
+        for (int64_t i = 0; i < n; ++i) {
+          const T* k = krow(i, h);
+          int64_t g = 0;
+          for (; g + 4 <= G; g += 4) {
+            const float* q = qh + g * D;
+            float s[4];
+            dot4(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
+            for (int64_t j = 0; j < 4; ++j) p[(g + j) * B + i] = s[j];
+          }
+          for (; g < G; ++g) p[g * B + i] = dot(qh + g * D, k, D);
+        }
+      } else {
+        for (int64_t g = 0; g < G; ++g) {
+          const float* q = qh + g * D;
+          int64_t i = 0;
+          for (; i + 4 <= n; i += 4) {
+            dot4(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D,
+                 p + g * B + i);
+          }
+          for (; i < n; ++i) p[g * B + i] = dot(q, krow(i, h), D);
+        }
+      }
+      // Online softmax: rescale what was accumulated under the old maximum.
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t head = h * G + g;
+        float* ph = p + g * B;
+        const float block_max = std::max(t.max[head], *std::max_element(ph, ph + n));
+        if (block_max != t.max[head]) {
+          const float alpha = std::exp(t.max[head] - block_max);
+          scale(alpha, t.acc + head * D, D);
+          t.sum[head] *= alpha;
+          t.max[head] = block_max;
+        }
+        exp_shifted(ph, block_max, ph, n);
+        t.sum[head] += sum(ph, n);
+      }
+      for (int64_t i = 0; i < n; ++i) rows[i] = vb + i * t.v_token_stride + h * t.v_head_stride;
+      for (int64_t g = 0; g < G; ++g) {
+        weighted_rows_sum(rows, p + g * B, n, t.acc + (h * G + g) * D, D);
+      }
+    }
+  }
+}
+
+// Each is compiled for several instruction sets; the loader picks one.
+MINI_PAGED_ATTN_CPU_TARGETS void attend_float(const PartitionTask& t) { attend_impl<float>(t); }
+MINI_PAGED_ATTN_CPU_TARGETS void attend_half(const PartitionTask& t) {
+  attend_impl<c10::Half>(t);
+}
+MINI_PAGED_ATTN_CPU_TARGETS void attend_bfloat16(const PartitionTask& t) {
+  attend_impl<c10::BFloat16>(t);
+}
+
+namespace {
+
+using AttendFn = void (*)(const PartitionTask&);
+
+AttendFn select_attend(at::ScalarType cache_dtype) {
+  switch (cache_dtype) {
+    case at::kFloat: return attend_float;
+    case at::kHalf: return attend_half;
+    case at::kBFloat16: return attend_bfloat16;
+    default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
+  }
+}
+
+// Sequences are cut into partitions of whole blocks so that even one long
+// sequence keeps every thread busy (flash-decoding); partial results are then
+// merged per head with their softmax statistics.
+int64_t partition_tokens(const int32_t* lens, int64_t num_seqs, int64_t block_size) {
+  int64_t total = 0;
+  for (int64_t s = 0; s < num_seqs; ++s) total += lens[s];
+  const int64_t target_tasks = 4 * at::get_num_threads();
+  const int64_t tokens = std::max<int64_t>(512, (total + target_tasks - 1) / target_tasks);
+  return (tokens + block_size - 1) / block_size * block_size;
+}
+
+template <typename query_t>
+void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at::Tensor& query,
+                   const at::Tensor& key_cache, const at::Tensor& value_cache,
+                   const at::Tensor& block_tables, const at::Tensor& context_lens,
+                   float scale) {
+  const AttendFn attend = select_attend(key_cache.scalar_type());
+  const int64_t H = d.num_heads, D = d.head_size;
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  const int64_t part_len = partition_tokens(lens, d.num_seqs, d.block_size);
+  // first_task[s] .. first_task[s + 1] are the partitions of sequence s.
+  std::vector<int64_t> first_task(d.num_seqs + 1, 0);
+  for (int64_t s = 0; s < d.num_seqs; ++s) {
+    first_task[s + 1] = first_task[s] + (lens[s] + part_len - 1) / part_len;
+  }
+  const int64_t num_tasks = first_task[d.num_seqs];
+  std::vector<float> q(d.num_seqs * H * D), acc(num_tasks * H * D), max(num_tasks * H),
+      sum(num_tasks * H);
+  const query_t* q_ptr = query.data_ptr<query_t>();
+  for (int64_t s = 0; s < d.num_seqs; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < D; ++i)
+        q[(s * H + h) * D + i] =
+            static_cast<float>(q_ptr[s * query.stride(0) + h * query.stride(1) + i]) * scale;
+
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(H * d.block_size);
+    std::vector<const void*> rows(d.block_size);
+    int64_t s = std::upper_bound(first_task.begin(), first_task.end(), begin) -
+                first_task.begin() - 1;
+    for (int64_t task = begin; task < end; ++task) {
+      while (task >= first_task[s + 1]) ++s;
+      PartitionTask t;
+      t.q = q.data() + s * H * D;
+      t.acc = acc.data() + task * H * D;
+      t.max = max.data() + task * H;
+      t.sum = sum.data() + task * H;
+      t.scores = scores.data();
+      t.rows = rows.data();
+      t.block_table = tables + s * block_tables.stride(0);
+      t.k = key_cache.data_ptr();
+      t.v = value_cache.data_ptr();
+      t.k_block_stride = key_cache.stride(0);
+      t.k_token_stride = key_cache.stride(1);
+      t.k_head_stride = key_cache.stride(2);
+      t.v_block_stride = value_cache.stride(0);
+      t.v_token_stride = value_cache.stride(1);
+      t.v_head_stride = value_cache.stride(2);
+      t.num_heads = H;
+      t.num_kv_heads = d.num_kv_heads;
+      t.head_size = D;
+      t.block_size = d.block_size;
+      t.first_token = (task - first_task[s]) * part_len;
+      t.end_token = std::min<int64_t>(lens[s], t.first_token + part_len);
+      attend(t);
+    }
+  });
+
+  query_t* out_ptr = out.data_ptr<query_t>();
+  at::parallel_for(0, d.num_seqs * H, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(D);
+    for (int64_t sh = begin; sh < end; ++sh) {
+      const int64_t s = sh / H, h = sh % H;
+      float global_max = -std::numeric_limits<float>::infinity();
+      for (int64_t task = first_task[s]; task < first_task[s + 1]; ++task)
+        global_max = std::max(global_max, max[task * H + h]);
+      std::fill(row.begin(), row.end(), 0.f);
+      float total = 0.f;
+      for (int64_t task = first_task[s]; task < first_task[s + 1]; ++task) {
+        const float w = std::exp(max[task * H + h] - global_max);
+        total += w * sum[task * H + h];
+        const float* a = acc.data() + (task * H + h) * D;
+        for (int64_t i = 0; i < D; ++i) row[i] += w * a[i];
+      }
+      // An empty context (no partitions) yields zeros, not 0/0.
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      query_t* o = out_ptr + s * out.stride(0) + h * out.stride(1);
+      for (int64_t i = 0; i < D; ++i) o[i] = static_cast<query_t>(row[i] * inv);
+    }
+  });
+}
+
+void paged_attention_cpu(const char* op, const at::Tensor& out, const at::Tensor& query,
+                         const at::Tensor& key_cache, const at::Tensor& value_cache,
+                         const at::Tensor& block_tables, const at::Tensor& context_lens,
+                         std::optional<double> maybe_scale) {
+  const PagedAttentionDims d =
+      check_paged_attention(op, out, query, key_cache, value_cache, block_tables, context_lens);
+  check_block_tables(op, block_tables, context_lens, d.num_blocks, d.block_size);
+  const float scale = static_cast<float>(
+      maybe_scale.value_or(1.0 / std::sqrt(static_cast<double>(d.head_size))));
+  switch (query.scalar_type()) {
+    case at::kFloat:
+      run_attention<float>(d, out, query, key_cache, value_cache, block_tables, context_lens,
+                           scale);
+      break;
+    case at::kHalf:
+      run_attention<c10::Half>(d, out, query, key_cache, value_cache, block_tables,
+                               context_lens, scale);
+      break;
+    case at::kBFloat16:
+      run_attention<c10::BFloat16>(d, out, query, key_cache, value_cache, block_tables,
+                                   context_lens, scale);
+      break;
+    default:
+      TORCH_CHECK(false, "Unsupported query dtype ", query.scalar_type());
+  }
+}
+
+void paged_attention_out(const at::Tensor& out, const at::Tensor& query,
+                         const at::Tensor& key_cache, const at::Tensor& value_cache,
+                         const at::Tensor& block_tables, const at::Tensor& context_lens,
+                         double scale) {
+  paged_attention_cpu("paged_attention", out, query, key_cache, value_cache, block_tables,
+                      context_lens, scale);
+}
+
+void paged_attention_v1(const at::Tensor& out, const at::Tensor& query,
+                        const at::Tensor& key_cache, const at::Tensor& value_cache,
+                        const at::Tensor& block_table, const at::Tensor& context_lens) {
+  // The seed's signature has no scale: it is always 1/sqrt(head_size).
+  paged_attention_cpu("paged_attention_v1", out, query, key_cache, value_cache, block_table,
+                      context_lens, std::nullopt);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mini_paged_attn, CPU, m) {
+  m.impl("paged_attention_out", &paged_attention_out);
+  m.impl("paged_attention_v1", &paged_attention_v1);
+}
+
+}  // namespace mini_paged_attn::cpu

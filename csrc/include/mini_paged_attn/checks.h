@@ -1,0 +1,64 @@
+// Argument validation shared by every backend of every op. Each check names
+// the offending argument; the exception type maps to Python as
+// TypeError (dtype), ValueError (shape, device, layout) or IndexError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+namespace mini_paged_attn {
+
+// Sizes of one paged-attention call, read from validated tensors.
+struct PagedAttentionDims {
+  int64_t num_seqs;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_size;
+  int64_t num_blocks;
+  int64_t block_size;
+  int64_t max_blocks_per_seq;
+};
+
+// out, query:             [num_seqs, num_heads, head_size], last dim contiguous
+// key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_size],
+//                         any strides with a contiguous last dim
+// block_tables:           int32 [num_seqs, max_blocks_per_seq], last dim contiguous
+// context_lens:           int32 [num_seqs], contiguous
+PagedAttentionDims check_paged_attention(const char* op, const at::Tensor& out,
+                                         const at::Tensor& query, const at::Tensor& key_cache,
+                                         const at::Tensor& value_cache,
+                                         const at::Tensor& block_tables,
+                                         const at::Tensor& context_lens);
+
+// key, value:             [num_tokens, num_kv_heads, head_size], last dim contiguous
+// key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_size]
+// slot_mapping:           int64 [num_tokens], contiguous
+void check_reshape_and_cache(const at::Tensor& key, const at::Tensor& value,
+                             const at::Tensor& key_cache, const at::Tensor& value_cache,
+                             const at::Tensor& slot_mapping);
+
+// key_caches, value_caches: one [num_blocks, block_size, num_kv_heads, head_size]
+//                           cache per layer, all alike
+// block_mapping:            int64 [num_pairs, 2] of (src, dst) block ids, contiguous
+void check_copy_blocks(const std::vector<at::Tensor>& key_caches,
+                       const std::vector<at::Tensor>& value_caches,
+                       const at::Tensor& block_mapping);
+
+}  // namespace mini_paged_attn
+
+namespace mini_paged_attn {
+
+// Data checks on CPU tensors (the CPU kernels run them always; for other
+// devices the Python wrappers copy the metadata to the host when check=True):
+// every context_len fits its block_tables row and every block id it uses is
+// in [0, num_blocks).
+void check_block_tables(const char* op, const at::Tensor& block_tables,
+                        const at::Tensor& context_lens, int64_t num_blocks, int64_t block_size);
+// Every slot is negative (skipped) or in [0, num_slots).
+void check_slot_mapping(const char* op, const at::Tensor& slot_mapping, int64_t num_slots);
+// Every (src, dst) id is in [0, num_blocks); a dst is never another pair's
+// src or dst.
+void check_block_mapping(const char* op, const at::Tensor& block_mapping, int64_t num_blocks);
+
+}  // namespace mini_paged_attn

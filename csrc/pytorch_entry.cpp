@@ -1,0 +1,30 @@
+// Python module mini_paged_attn._C: pybind11 classes. Loading it also runs the
+// TORCH_LIBRARY registrations, which create torch.ops.mini_paged_attn.*.
+#include <torch/extension.h>
+
+#include "mini_paged_attn/checks.h"
+
+namespace mini_paged_attn {
+void bind_block_manager(pybind11::module_& m);
+void bind_cache_config(pybind11::module_& m);
+}  // namespace mini_paged_attn
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "C++ core of mini_paged_attn: BlockManager and KV-cache configs";
+  m.attr("with_cuda") =
+#ifdef MINI_PAGED_ATTN_WITH_CUDA
+      true;
+#else
+      false;
+#endif
+  mini_paged_attn::bind_block_manager(m);
+  mini_paged_attn::bind_cache_config(m);
+  // Host-side data checks, used by the Python wrappers for GPU tensors.
+  m.def("check_block_tables", &mini_paged_attn::check_block_tables, py::arg("op"),
+        py::arg("block_tables"), py::arg("context_lens"), py::arg("num_blocks"),
+        py::arg("block_size"));
+  m.def("check_slot_mapping", &mini_paged_attn::check_slot_mapping, py::arg("op"),
+        py::arg("slot_mapping"), py::arg("num_slots"));
+  m.def("check_block_mapping", &mini_paged_attn::check_block_mapping, py::arg("op"),
+        py::arg("block_mapping"), py::arg("num_blocks"));
+}

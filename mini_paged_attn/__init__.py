@@ -1,0 +1,22 @@
+"""mini_paged_attn: a small, fast PagedAttention library for PyTorch."""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C
+from ._C import CacheConfig, PagedKVCacheConfig, StaticKVCacheConfig
+from .block_manager import BlockManager
+from .manager import PagedAttentionManager
+from .ops import copy_blocks, paged_attention, paged_attention_v1, reshape_and_cache
+from .static_cache import StaticKVCache
+
+__all__ = [
+    "BlockManager",
+    "CacheConfig",
+    "PagedAttentionManager",
+    "PagedKVCacheConfig",
+    "StaticKVCache",
+    "StaticKVCacheConfig",
+    "copy_blocks",
+    "paged_attention",
+    "paged_attention_v1",
+    "reshape_and_cache",
+]

@@ -1,0 +1,142 @@
+"""Python entry points of the paged-attention ops.
+
+Each function validates its arguments (shape, dtype and device checks run in
+C++ and name the argument; ``check=True`` adds data checks of block ids, context
+lengths and slots against the cache, which on a GPU copies the small metadata
+tensors to the host) and calls ``torch.ops.mini_paged_attn.*``, so the same ops
+work eagerly, under ``torch.compile`` and inside CUDA graphs (``check=False``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from . import _C
+
+__all__ = ["paged_attention", "paged_attention_v1", "reshape_and_cache", "copy_blocks"]
+
+_ops = torch.ops.mini_paged_attn
+
+
+def _on_host(t: torch.Tensor) -> torch.Tensor:
+    return t if t.device.type == "cpu" else t.cpu()
+
+
+def _check_block_tables(op, key_cache, block_tables, context_lens) -> None:
+    # CPU kernels always run this check themselves, so only other devices need it.
+    if key_cache.device.type != "cpu" and key_cache.dim() == 4:
+        _C.check_block_tables(op, _on_host(block_tables), _on_host(context_lens),
+                              key_cache.size(0), key_cache.size(1))
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: Optional[float] = None,
+    out: Optional[torch.Tensor] = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """Decode attention of one query token per sequence over a paged KV cache.
+
+    Args:
+        query: ``[num_seqs, num_heads, head_size]``.
+        key_cache, value_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``,
+            any strides with a contiguous last dim (e.g. views of one interleaved cache).
+        block_tables: int32 ``[num_seqs, max_blocks_per_seq]`` physical block ids.
+        context_lens: int32 ``[num_seqs]`` tokens to attend to (0 gives zeros).
+        scale: softmax scale, ``1/sqrt(head_size)`` by default.
+        out: optional output tensor shaped and typed like ``query``.
+        check: validate block ids and context lengths against the cache.
+
+    Returns:
+        ``[num_seqs, num_heads, head_size]`` in the dtype of ``query``.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.size(-1))
+    if check:
+        _check_block_tables("paged_attention", key_cache, block_tables, context_lens)
+    if out is None:
+        return _ops.paged_attention(query, key_cache, value_cache, block_tables, context_lens,
+                                    float(scale))
+    _ops.paged_attention_out(out, query, key_cache, value_cache, block_tables, context_lens,
+                             float(scale))
+    return out
+
+
+def paged_attention_v1(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    context_lens: torch.Tensor,
+) -> None:
+    """The seed's kernel: writes attention with scale ``1/sqrt(head_size)`` into ``out``.
+
+    On CUDA it is the simple two-pass kernel kept as the benchmark baseline.
+    """
+    _check_block_tables("paged_attention_v1", key_cache, block_table, context_lens)
+    _ops.paged_attention_v1(out, query, key_cache, value_cache, block_table, context_lens)
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    check: bool = True,
+) -> None:
+    """Writes ``[num_tokens, num_kv_heads, head_size]`` key/value tokens into the caches.
+
+    Token ``i`` goes to ``slot_mapping[i] = block * block_size + offset`` (int64);
+    negative slots (padding) are skipped.
+    """
+    if check and key_cache.device.type != "cpu" and key_cache.dim() == 4:
+        _C.check_slot_mapping("reshape_and_cache", _on_host(slot_mapping),
+                              key_cache.size(0) * key_cache.size(1))
+    _ops.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+
+
+def copy_blocks(
+    key_caches: Sequence[torch.Tensor],
+    value_caches: Sequence[torch.Tensor],
+    block_mapping: torch.Tensor,
+    check: bool = True,
+) -> None:
+    """Copies block ``src`` to block ``dst`` for every row of ``block_mapping``
+    (int64 ``[num_pairs, 2]``) in every layer's key and value cache."""
+    if check and len(key_caches) > 0 and key_caches[0].device.type != "cpu":
+        _C.check_block_mapping("copy_blocks", _on_host(block_mapping), key_caches[0].size(0))
+    _ops.copy_blocks(list(key_caches), list(value_caches), block_mapping)
+
+
+@torch.library.register_fake("mini_paged_attn::paged_attention")
+def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_lens, scale):
+    return torch.empty_like(query)
+
+
+@torch.library.register_fake("mini_paged_attn::paged_attention_out")
+def _paged_attention_out_fake(out, query, key_cache, value_cache, block_tables, context_lens,
+                              scale):
+    return None
+
+
+@torch.library.register_fake("mini_paged_attn::paged_attention_v1")
+def _paged_attention_v1_fake(out, query, key_cache, value_cache, block_table, context_lens):
+    return None
+
+
+@torch.library.register_fake("mini_paged_attn::reshape_and_cache")
+def _reshape_and_cache_fake(key, value, key_cache, value_cache, slot_mapping):
+    return None
+
+
+@torch.library.register_fake("mini_paged_attn::copy_blocks")
+def _copy_blocks_fake(key_caches, value_caches, block_mapping):
+    return None

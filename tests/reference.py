@@ -1,0 +1,77 @@
+"""Naive float64 references and random paged-cache builders shared by the tests."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+
+
+def ref_paged_attention(query, key_cache, value_cache, block_tables, context_lens,
+                        scale: Optional[float] = None) -> torch.Tensor:
+    """Gathers each sequence's tokens and attends in float64, one sequence at a time."""
+    num_seqs, num_heads, head_size = query.shape
+    num_kv_heads = key_cache.size(2)
+    block_size = key_cache.size(1)
+    scale = 1.0 / math.sqrt(head_size) if scale is None else scale
+    out = torch.zeros(num_seqs, num_heads, head_size, dtype=torch.float64)
+    for s in range(num_seqs):
+        n = int(context_lens[s])
+        if n == 0:
+            continue
+        pos = torch.arange(n)
+        blocks = block_tables[s].long().cpu()[pos // block_size]
+        k = key_cache.cpu()[blocks, pos % block_size].double()    # [n, kv_heads, d]
+        v = value_cache.cpu()[blocks, pos % block_size].double()
+        group = num_heads // num_kv_heads
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+        q = query[s].cpu().double()                                 # [heads, d]
+        p = torch.softmax(torch.einsum("hd,nhd->hn", q, k) * scale, dim=-1)
+        out[s] = torch.einsum("hn,nhd->hd", p, v)
+    return out
+
+
+def random_paged_kv(num_seqs: int, context_lens: List[int], num_kv_heads: int, head_size: int,
+                    block_size: int, dtype: torch.dtype, device, extra_blocks: int = 3,
+                    interleaved: bool = False, repeat_blocks: bool = False,
+                    generator: Optional[torch.Generator] = None):
+    """A random cache whose unused slots hold NaN, and shuffled block tables
+    (optionally sharing blocks between sequences) covering ``context_lens``."""
+    g = generator
+    blocks_per_seq = [max(1, -(-n // block_size)) for n in context_lens]
+    max_blocks = max(blocks_per_seq) + 1
+    num_blocks = sum(blocks_per_seq) + extra_blocks
+    shape = (num_blocks, block_size, 2, num_kv_heads, head_size) if interleaved else \
+        (2, num_blocks, block_size, num_kv_heads, head_size)
+    kv = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    key_cache = kv[:, :, 0] if interleaved else kv[0]
+    value_cache = kv[:, :, 1] if interleaved else kv[1]
+    perm = torch.randperm(num_blocks, generator=g)
+    tables = torch.randint(0, num_blocks, (num_seqs, max_blocks), generator=g, dtype=torch.int32)
+    start = 0
+    for s, nb in enumerate(blocks_per_seq):
+        if repeat_blocks and s > 0:
+            # Later sequences reuse the physical blocks of sequence 0 (a shared prefix).
+            shared = min(nb, blocks_per_seq[0]) // 2
+            tables[s, :shared] = tables[0, :shared]
+            tables[s, shared:nb] = perm[start:start + nb - shared].int()
+            start += nb - shared
+        else:
+            tables[s, :nb] = perm[start:start + nb].int()
+            start += nb
+    for s, n in enumerate(context_lens):
+        pos = torch.arange(n)
+        blocks = tables[s].long()[pos // block_size]
+        shape_tok = (n, num_kv_heads, head_size)
+        key_cache[blocks.to(device), (pos % block_size).to(device)] = torch.randn(
+            shape_tok, generator=g).to(dtype).to(device)
+        value_cache[blocks.to(device), (pos % block_size).to(device)] = torch.randn(
+            shape_tok, generator=g).to(dtype).to(device)
+    lens = torch.tensor(context_lens, dtype=torch.int32)
+    return key_cache, value_cache, tables.to(device), lens.to(device)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out = out.double().cpu()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
