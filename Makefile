@@ -1,0 +1,39 @@
+# `make test` and `make demo` set everything up on a fresh machine: a virtualenv
+# in .venv, the CPU build of torch, the extension, the test dependencies.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+JOBS ?= 2
+VENV := .venv
+PY := $(VENV)/bin/python
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
+
+.PHONY: all build test demo bench clean
+
+all: test
+
+$(VENV)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and alone: a later install must never swap in a CUDA build.
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# --no-build-isolation builds against the torch above instead of downloading one.
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	MAX_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+test: build
+	bash scripts/check_cuda_compile.sh
+	$(PY) -m pytest tests
+
+demo: build
+	$(PY) -m mini_paged_attn.demo $(ARGS)
+
+bench: build
+	$(PY) benchmarks/bench_decode.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info mini_paged_attn/*.so
