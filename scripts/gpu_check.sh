@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the extension for sm_90, run every test
+# (GPU ones included), measure the copy/read ceilings, run the CUDA benchmark,
+# and print a short summary last. Logs and bench.json / bench.png go to $OUT.
+#
+#   OUT=DIR                 where logs go (default /tmp/gpu_check)
+#   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
+#   SKIP_TESTS=1 / SKIP_BENCH=1
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu_check}"
+mkdir -p "$OUT"
+PY=python3
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem \
+    --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'triton', triton.__version__)"
+  command -v nvcc && nvcc --version | tail -n 1
+} 2>&1 | tee "$OUT/env.txt"
+
+echo "== build"
+start=$SECONDS
+if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-}" \
+    $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  tail -n 60 "$OUT/build.log"
+  echo "BUILD FAILED"
+  exit 1
+fi
+echo "built in $((SECONDS - start)) s"
+
+test_status=skipped
+if [[ -z "${SKIP_TESTS:-}" ]]; then
+  echo "== tests"
+  # shellcheck disable=SC2086
+  timeout 420 $PY -m pytest ${PYTEST_ARGS:-tests/} -q -rfE -p no:cacheprovider 2>&1 \
+    | tee "$OUT/pytest.log" | grep -v -E '^[.sxF]+ +\[ *[0-9]+%\]$'
+  test_status=$([[ ${PIPESTATUS[0]} == 0 ]] && echo passed || echo FAILED)
+fi
+
+if [[ -z "${SKIP_BENCH:-}" ]]; then
+  echo "== ceilings"
+  $PY - <<'EOF' 2>&1 | tee "$OUT/ceilings.txt"
+import torch
+from triton.testing import do_bench
+n = 2 * 1024**3  # bytes, far beyond the L2
+x = torch.randn(n // 2, device="cuda").to(torch.bfloat16)
+y = torch.empty_like(x)
+t = do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3
+print(f"copy {n / 1e9:.1f} GB: {2 * n / t / 1e9:.0f} GB/s (read + write)")
+t = do_bench(lambda: x.sum(dtype=torch.float32), return_mode="median") * 1e-3
+print(f"sum  {n / 1e9:.1f} GB: {n / t / 1e9:.0f} GB/s (read)")
+EOF
+  echo "== benchmark"
+  $PY benchmarks/bench_decode.py --device cuda --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+    2>&1 | tee "$OUT/bench.log"
+fi
+
+echo "== summary"
+cat "$OUT/ceilings.txt" 2>/dev/null
+grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/pytest.log" 2>/dev/null | tail -n 1
+echo "tests: $test_status"
+if [[ -f "$OUT/bench.json" ]]; then
+  $PY - "$OUT/bench.json" <<'EOF'
+import json, sys
+rows = json.load(open(sys.argv[1]))["results"]
+by_shape = {}
+for r in rows:
+    by_shape.setdefault(r["shape"], {})[r["impl"]] = r
+print(f"{'shape':<46} {'paged us':>9} {'GB/s':>6} {'sdpa us':>8} {'gath us':>8} {'v1 us':>8} {'x sdpa':>7} {'x gath':>7}")
+for shape, d in by_shape.items():
+    p = d.get("paged_attention")
+    g = lambda k: d[k]["time_us"] if k in d else float("nan")
+    if p:
+        print(f"{shape:<46} {p['time_us']:>9.1f} {p['gbps']:>6.0f} {g('sdpa'):>8.1f} "
+              f"{g('gather+sdpa'):>8.1f} {g('v1'):>8.1f} {g('sdpa') / p['time_us']:>6.2f}x "
+              f"{g('gather+sdpa') / p['time_us']:>6.2f}x")
+EOF
+fi
+[[ "$test_status" != FAILED ]]
