@@ -35,7 +35,7 @@ test_status=skipped
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   echo "== tests"
   # shellcheck disable=SC2086
-  timeout 420 $PY -m pytest ${PYTEST_ARGS:-tests/} -q -rfE -p no:cacheprovider 2>&1 \
+  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest ${PYTEST_ARGS:-tests/} -q -rfE -p no:cacheprovider 2>&1 \
     | tee "$OUT/pytest.log" | grep -v -E '^[.sxF]+ +\[ *[0-9]+%\]$'
   test_status=$([[ ${PIPESTATUS[0]} == 0 ]] && echo passed || echo FAILED)
 fi
