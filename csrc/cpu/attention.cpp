@@ -56,34 +56,48 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
     const T* vb = vc + block * t.v_block_stride;
     auto krow = [&](int64_t i, int64_t h) { return kb + i * t.k_token_stride + h * t.k_head_stride; };
 
-    for (int64_t h = 0; h < KVH; ++h) {
-      const float* qh = t.q + h * G * D;
-      float* p = t.scores + h * G * B;  // p[g * B + i]
-      // Four dot products at a time: across the query heads of the group when
-      // it is large enough, across tokens otherwise.
-      if (G >= 4) {
-        for (int64_t i = 0; i < n; ++i) {
-          const T* k = krow(i, h);
-          int64_t g = 0;
-          for (; g + 4 <= G; g += 4) {
-            const float* q = qh + g * D;
-            float s[4];
-            dot4(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
-            for (int64_t j = 0; j < 4; ++j) p[(g + j) * B + i] = s[j];
-          }
-          for (; g < G; ++g) p[g * B + i] = dot(qh + g * D, k, D);
-        }
-      } else {
-        for (int64_t g = 0; g < G; ++g) {
+    // Scores, token-major so K is read sequentially. Meanwhile the block's V
+    // rows and the next block's K rows are prefetched: per-head rows are
+    // strided, so the hardware prefetcher alone leaves memory latency exposed.
+    const T* next_kb = b * B + B < t.end_token ? kc + t.block_table[b + 1] * t.k_block_stride
+                                               : nullptr;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t h = 0; h < KVH; ++h) {
+        prefetch(vb + i * t.v_token_stride + h * t.v_head_stride, D * sizeof(T));
+        if (next_kb) prefetch(next_kb + i * t.k_token_stride + h * t.k_head_stride, D * sizeof(T));
+      }
+      if (G < 4) continue;  // small groups batch four tokens per head instead, below
+      for (int64_t h = 0; h < KVH; ++h) {
+        const T* k = krow(i, h);
+        const float* qh = t.q + h * G * D;
+        for (int64_t g = 0; g + 4 <= G; g += 4) {
           const float* q = qh + g * D;
-          int64_t i = 0;
-          for (; i + 4 <= n; i += 4) {
-            dot4(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D,
-                 p + g * B + i);
+          float s[4];
+          dot4(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
+          for (int64_t j = 0; j < 4; ++j) t.scores[(h * G + g + j) * B + i] = s[j];
+        }
+        for (int64_t g = G / 4 * 4; g < G; ++g) t.scores[(h * G + g) * B + i] = dot(qh + g * D, k, D);
+      }
+    }
+    if (G < 4) {
+      for (int64_t i = 0; i < n; i += 4) {
+        for (int64_t h = 0; h < KVH; ++h) {
+          for (int64_t g = 0; g < G; ++g) {
+            const float* q = t.q + (h * G + g) * D;
+            float* p = t.scores + (h * G + g) * B;
+            if (i + 4 <= n) {
+              dot4(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D,
+                   p + i);
+            } else {
+              for (int64_t j = i; j < n; ++j) p[j] = dot(q, krow(j, h), D);
+            }
           }
-          for (; i < n; ++i) p[g * B + i] = dot(q, krow(i, h), D);
         }
       }
+    }
+
+    for (int64_t h = 0; h < KVH; ++h) {
+      float* p = t.scores + h * G * B;  // p[g * B + i]
       // Online softmax: rescale what was accumulated under the old maximum.
       for (int64_t g = 0; g < G; ++g) {
         const int64_t head = h * G + g;
@@ -99,9 +113,7 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
         t.sum[head] += sum(ph, n);
       }
       for (int64_t i = 0; i < n; ++i) rows[i] = vb + i * t.v_token_stride + h * t.v_head_stride;
-      for (int64_t g = 0; g < G; ++g) {
-        weighted_rows_sum(rows, p + g * B, n, t.acc + (h * G + g) * D, D);
-      }
+      weighted_rows_sum(rows, p, B, G, n, t.acc + h * G * D, D);
     }
   }
 }

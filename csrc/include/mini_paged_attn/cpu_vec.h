@@ -55,10 +55,21 @@ MPA_INLINE vfloat vload(const c10::Half* p) {
 
 MPA_INLINE void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
 
+typedef float vfloat8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float vfloat4 __attribute__((vector_size(4 * sizeof(float))));
+
+// A tree of halves: a plain loop would be 16 dependent scalar adds, since
+// without -ffast-math the compiler may not reorder them.
 MPA_INLINE float hsum(vfloat v) {
-  float s = 0.f;
-  for (int64_t j = 0; j < kWidth; ++j) s += v[j];
-  return s;
+  vfloat8 lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  const vfloat8 a = lo + hi;
+  vfloat4 a_lo, a_hi;
+  std::memcpy(&a_lo, &a, sizeof(a_lo));
+  std::memcpy(&a_hi, reinterpret_cast<const char*>(&a) + sizeof(a_lo), sizeof(a_hi));
+  const vfloat4 b = a_lo + a_hi;
+  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
 // out[j] = dot(q[j], k[j]) for four pairs: four independent accumulators hide
@@ -118,27 +129,68 @@ MPA_INLINE void exp_shifted(const float* x, float shift, float* y, int64_t n) {
   }
 }
 
-// acc[d] += sum_i p[i] * rows[i][d]. Summing a block in registers before one
-// store avoids a read-modify-write of acc per row, whose store-to-load
-// forwarding chain bounded the kernel.
+// acc[g][d] += sum_i p[g][i] * rows[i][d] for the heads g of a group
+// (p[g] = p + g * p_stride, acc[g] = acc + g * n). Four heads share each
+// loaded row; sums stay in registers for a whole block, which avoids a
+// read-modify-write of acc per row (a store-to-load forwarding chain).
 template <typename T>
-MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t num_rows,
-                                  float* acc, int64_t n) {
-  int64_t d = 0;
-  for (; d + 2 * kWidth <= n; d += 2 * kWidth) {
-    vfloat s0 = vload(acc + d), s1 = vload(acc + d + kWidth);
-    for (int64_t i = 0; i < num_rows; ++i) {
-      s0 += p[i] * vload(rows[i] + d);
-      s1 += p[i] * vload(rows[i] + d + kWidth);
+MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t p_stride,
+                                  int64_t num_heads, int64_t num_rows, float* acc, int64_t n) {
+  int64_t g = 0;
+  for (; g + 4 <= num_heads; g += 4) {
+    const float *p0 = p + g * p_stride, *p1 = p0 + p_stride, *p2 = p1 + p_stride,
+                *p3 = p2 + p_stride;
+    float *a0 = acc + g * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
+    int64_t d = 0;
+    for (; d + kWidth <= n; d += kWidth) {
+      vfloat s0 = vload(a0 + d), s1 = vload(a1 + d), s2 = vload(a2 + d), s3 = vload(a3 + d);
+      for (int64_t i = 0; i < num_rows; ++i) {
+        const vfloat v = vload(rows[i] + d);
+        s0 += p0[i] * v;
+        s1 += p1[i] * v;
+        s2 += p2[i] * v;
+        s3 += p3[i] * v;
+      }
+      vstore(a0 + d, s0);
+      vstore(a1 + d, s1);
+      vstore(a2 + d, s2);
+      vstore(a3 + d, s3);
     }
-    vstore(acc + d, s0);
-    vstore(acc + d + kWidth, s1);
+    for (; d < n; ++d) {
+      for (int64_t i = 0; i < num_rows; ++i) {
+        const float v = static_cast<float>(rows[i][d]);
+        a0[d] += p0[i] * v;
+        a1[d] += p1[i] * v;
+        a2[d] += p2[i] * v;
+        a3[d] += p3[i] * v;
+      }
+    }
   }
-  for (; d < n; ++d) {
-    float s = acc[d];
-    for (int64_t i = 0; i < num_rows; ++i) s += p[i] * static_cast<float>(rows[i][d]);
-    acc[d] = s;
+  for (; g < num_heads; ++g) {
+    const float* pg = p + g * p_stride;
+    float* ag = acc + g * n;
+    int64_t d = 0;
+    for (; d + 2 * kWidth <= n; d += 2 * kWidth) {
+      vfloat s0 = vload(ag + d), s1 = vload(ag + d + kWidth);
+      for (int64_t i = 0; i < num_rows; ++i) {
+        s0 += pg[i] * vload(rows[i] + d);
+        s1 += pg[i] * vload(rows[i] + d + kWidth);
+      }
+      vstore(ag + d, s0);
+      vstore(ag + d + kWidth, s1);
+    }
+    for (; d < n; ++d) {
+      float s = ag[d];
+      for (int64_t i = 0; i < num_rows; ++i) s += pg[i] * static_cast<float>(rows[i][d]);
+      ag[d] = s;
+    }
   }
+}
+
+// Asks for [p, p + bytes) ahead of use, one cache line at a time.
+MPA_INLINE void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
 }
 
 MPA_INLINE float sum(const float* x, int64_t n) {
