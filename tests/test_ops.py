@@ -143,9 +143,10 @@ def _valid(device):
     (lambda a: a["block_tables"].__setitem__((1, 0), -1), IndexError, "block_tables"),
     (lambda a: a["context_lens"].__setitem__(0, 10**6), ValueError, "context_lens"),
     (lambda a: a["context_lens"].__setitem__(1, -1), ValueError, "context_lens"),
-    (lambda a: a.update(out=torch.empty(2, 8, 32, device=a["query"].device)), ValueError, "out"),
-    (lambda a: a.update(out=torch.empty(2, 8, 64, dtype=torch.half,
-                                        device=a["query"].device)), TypeError, "out"),
+    (lambda a: a.update(out=torch.full((2, 8, 32), 7.0, device=a["query"].device)),
+     ValueError, "out"),
+    (lambda a: a.update(out=torch.full((2, 8, 64), 7.0, dtype=torch.half,
+                                       device=a["query"].device)), TypeError, "out"),
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_paged_attention_bad_input(device, mutate, exc, name):
     q, k, v, tables, ctx = _valid(device)
