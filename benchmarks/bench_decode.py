@@ -178,6 +178,29 @@ def run(device: str, quick: bool, shapes: List[Shape]) -> List[dict]:
     return results
 
 
+def profile_kernels(shapes: List[Shape]) -> None:
+    """Device time of each kernel paged_attention launches (CUDA), via torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for shape in shapes:
+        case = Case(shape, "cuda")
+        fn = case.impls("cuda")["paged_attention"]
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize()
+        for evt in prof.key_averages():
+            total = getattr(evt, "self_device_time_total", None)
+            if total is None:
+                total = evt.self_cuda_time_total
+            if total > 0:
+                print(f"  {shape.label:<46} {evt.key[:60]:<60} {total / evt.count:8.1f} us")
+        del case
+
+
 def print_table(results: List[dict]) -> None:
     print(f"{'shape':<46} {'impl':<16} {'time us':>9} {'KV GB/s':>8} {'vs sdpa':>8}")
     last = None
@@ -225,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--plot", help="draw effective bandwidth per shape to this PNG")
     parser.add_argument("--plot-from", help="read results from this JSON instead of running")
+    parser.add_argument("--profile", action="store_true",
+                        help="CUDA: also print the device time of each kernel paged_attention runs")
     args = parser.parse_args(argv)
 
     if args.plot_from:
@@ -259,6 +284,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"wrote {args.json}")
     if args.plot:
         plot(results, meta, args.plot)
+    if args.profile and device == "cuda":
+        profile_kernels(shapes)
 
 
 if __name__ == "__main__":

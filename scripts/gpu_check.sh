@@ -5,6 +5,7 @@
 #
 #   OUT=DIR                 where logs go (default /tmp/gpu_check)
 #   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
+#   PYTEST_WORKERS=N        pytest-xdist workers (default 4; 0 runs in-process)
 #   SKIP_TESTS=1 / SKIP_BENCH=1
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -35,7 +36,12 @@ test_status=skipped
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   echo "== tests"
   # shellcheck disable=SC2086
-  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest ${PYTEST_ARGS:-tests/} -q -rfE -p no:cacheprovider 2>&1 \
+  workers=()
+  if [[ "${PYTEST_WORKERS:-4}" != 0 ]] && $PY -c "import xdist" 2>/dev/null; then
+    workers=(-n "${PYTEST_WORKERS:-4}")  # a crashing test then fails alone
+  fi
+  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest ${PYTEST_ARGS:-tests/} "${workers[@]}" -q -rfE \
+    -p no:cacheprovider 2>&1 \
     | tee "$OUT/pytest.log" | grep -v -E '^[.sxF]+ +\[ *[0-9]+%\]$'
   test_status=$([[ ${PIPESTATUS[0]} == 0 ]] && echo passed || echo FAILED)
 fi
@@ -55,7 +61,7 @@ print(f"sum  {n / 1e9:.1f} GB: {n / t / 1e9:.0f} GB/s (read)")
 EOF
   echo "== benchmark"
   $PY benchmarks/bench_decode.py --device cuda --json "$OUT/bench.json" --plot "$OUT/bench.png" \
-    2>&1 | tee "$OUT/bench.log"
+    ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 fi
 
 echo "== summary"

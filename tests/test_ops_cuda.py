@@ -18,7 +18,7 @@ from mini_paged_attn import ops
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 DEV = "cuda"
-HEAD_SIZES = [64, 80, 96, 128, 256]
+HEAD_SIZES = [32, 64, 80, 96, 128, 256]
 BLOCK_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 # (query dtype, cache dtype)
 DTYPES = [
@@ -183,7 +183,7 @@ def test_paged_attention_functional_form():
     assert rel_err(out, ref_attention(query, key_cache, value_cache, tables, lens)) < 2e-3
 
 
-@pytest.mark.parametrize("head_size", [32, 72, 112, 192])
+@pytest.mark.parametrize("head_size", [16, 72, 112, 192])
 def test_paged_attention_unsupported_head_size(head_size):
     key_cache, value_cache, tables, lens = make_paged([10], 2, head_size, 16, torch.float16)
     query = torch.randn(1, 4, head_size, device=DEV, dtype=torch.float16)

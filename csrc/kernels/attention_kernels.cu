@@ -103,6 +103,7 @@ template <typename query_t, typename cache_t>
 void dispatch_head_size(int64_t head_size, const PagedAttentionParams& p, const at::Tensor& out,
                         int num_seqs, int device, cudaStream_t stream) {
   switch (head_size) {
+    case 32: launch_attention<query_t, cache_t, 32>(p, out, num_seqs, device, stream); break;
     case 64: launch_attention<query_t, cache_t, 64>(p, out, num_seqs, device, stream); break;
     case 80: launch_attention<query_t, cache_t, 80>(p, out, num_seqs, device, stream); break;
     case 96: launch_attention<query_t, cache_t, 96>(p, out, num_seqs, device, stream); break;
@@ -110,7 +111,7 @@ void dispatch_head_size(int64_t head_size, const PagedAttentionParams& p, const 
     case 256: launch_attention<query_t, cache_t, 256>(p, out, num_seqs, device, stream); break;
     default:
       TORCH_CHECK(false, "Unsupported head_size ", head_size,
-                  " for CUDA paged_attention (supported: 64, 80, 96, 128, 256)");
+                  " for CUDA paged_attention (supported: 32, 64, 80, 96, 128, 256)");
   }
 }
 

@@ -130,14 +130,17 @@ __global__ void copy_blocks_kernel(
   const int64_t pair = blockIdx.x;
   const int layer = blockIdx.y;
   const bool is_value = blockIdx.z == 1;
-  const CacheStrides& st = is_value ? vc : kc;
+  // Selected field by field: a reference to either parameter would put both on the stack.
+  const int64_t block_stride = is_value ? vc.block : kc.block;
+  const int64_t token_stride = is_value ? vc.token : kc.token;
+  const int64_t head_stride = is_value ? vc.head : kc.head;
   char* base = is_value ? caches.value[layer] : caches.key[layer];
-  const char* src = base + block_mapping[2 * pair] * st.block;
-  char* dst = base + block_mapping[2 * pair + 1] * st.block;
+  const char* src = base + block_mapping[2 * pair] * block_stride;
+  char* dst = base + block_mapping[2 * pair + 1] * block_stride;
   const int rows = block_size * num_kv_heads;
   for (int i = threadIdx.x; i < rows * row_units; i += blockDim.x) {
     const int row = i / row_units, u = i % row_units;
-    const int64_t off = (row / num_kv_heads) * st.token + (row % num_kv_heads) * st.head;
+    const int64_t off = (row / num_kv_heads) * token_stride + (row % num_kv_heads) * head_stride;
     reinterpret_cast<unit_t*>(dst + off)[u] = reinterpret_cast<const unit_t*>(src + off)[u];
   }
 }

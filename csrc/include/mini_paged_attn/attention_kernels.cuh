@@ -107,8 +107,42 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const int num_q = min(Tr::kHeads, p.group_size - chunk * Tr::kHeads);
   const int split = blockIdx.y;
 
-  const int context_len = min(p.context_lens[seq], p.max_context);
+  // The prologue's global loads (context length, query, first page ids) do not
+  // depend on each other: issue them together, so a block pays one memory
+  // latency before its first K/V copies instead of several in a row.
   const int start = split * p.split_len;
+  const int context_len_raw = p.context_lens[seq];
+
+  constexpr int kQPerThread = Tr::kHeads * D / Tr::kThreads;
+  static_assert(Tr::kHeads * D % Tr::kThreads == 0, "query rows must split evenly");
+  const query_t* q = static_cast<const query_t*>(p.query) + seq * p.q_seq_stride;
+  float q_vals[kQPerThread];
+#pragma unroll
+  for (int k = 0; k < kQPerThread; ++k) {
+    const int i = threadIdx.x + k * Tr::kThreads, g = i / D;
+    q_vals[k] = g < num_q ? Convert<query_t>::to_float(q[(head0 + g) * p.q_head_stride + i % D])
+                          : 0.f;
+  }
+
+  // Warp w takes tiles w, w + kWarps, ... of the split. Lanes l and l + 16 look
+  // up the page of token l of a tile. Lookups are speculative (bounded by the
+  // block-table row, not yet by the context): a page is used only for tokens
+  // before `end`; later tokens are zero-filled, never read (they may be NaN).
+  auto tile_start = [&](int j) { return start + (warp + j * kWarps) * kTile; };
+  const int32_t* block_table = p.block_tables + seq * p.block_table_stride;
+  const int offset_mask = (1 << p.log2_block_size) - 1;
+  const int lookup_end = min(p.max_context, start + p.split_len);
+  auto lookup = [&](int j, int& page, int& offset) {
+    const int tok = tile_start(j) + (lane & 15);
+    page = 0;
+    offset = tok & offset_mask;
+    if (tok < lookup_end) page = __ldg(block_table + (tok >> p.log2_block_size));
+  };
+  int pages[kStages], offsets[kStages];
+#pragma unroll
+  for (int st = 0; st < kStages; ++st) lookup(st, pages[st], offsets[st]);
+
+  const int context_len = min(context_len_raw, p.max_context);
   query_t* out = static_cast<query_t*>(p.out) + seq * p.out_seq_stride;
   if (start >= context_len) {
     // Empty split: the merge kernel ignores it; without splits the output is zero.
@@ -120,55 +154,24 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     return;
   }
   const int end = min(context_len, start + p.split_len);
-
-  // Query rows, pre-scaled, as hi and lo 16-bit parts; rows past num_q are zero.
-  const query_t* q = static_cast<const query_t*>(p.query) + seq * p.q_seq_stride;
-  for (int i = threadIdx.x; i < Tr::kHeads * D; i += Tr::kThreads) {
-    const int g = i / D, d = i % D;
-    const float x =
-        g < num_q ? Convert<query_t>::to_float(q[(head0 + g) * p.q_head_stride + d]) * p.scale_log2
-                  : 0.f;
-    float hi, lo;
-    split_hi_lo<mma_t>(x, hi, lo);
-    reinterpret_cast<mma_t*>(q_smem + g * Tr::kQRowBytes)[d] = Convert<mma_t>::from_float(hi);
-    reinterpret_cast<mma_t*>(q_smem + (g + 8) * Tr::kQRowBytes)[d] =
-        Convert<mma_t>::from_float(lo);
-  }
-  __syncthreads();
-
-  // Warp w takes tiles w, w + kWarps, ... of [start, end).
-  unsigned char* wsmem = pipe_smem + warp * kStages * Tr::kStageBytes;
   const int num_tiles = (end - start + kTile - 1) / kTile;
   const int my_tiles = warp < num_tiles ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
-  auto tile_start = [&](int j) { return start + (warp + j * kWarps) * kTile; };
 
-  // Lanes l and l + 16 look up the page of token l of a tile; page -1 marks a
-  // token past the end, which is zero-filled instead of read (it may be NaN).
-  const int32_t* block_table = p.block_tables + seq * p.block_table_stride;
-  const int offset_mask = (1 << p.log2_block_size) - 1;
-  auto lookup = [&](int j, int& page, int& offset) {
-    const int tok = tile_start(j) + (lane & 15);
-    page = -1;
-    offset = 0;
-    if (j < my_tiles && tok < end) {
-      page = __ldg(block_table + (tok >> p.log2_block_size));
-      offset = tok & offset_mask;
-    }
-  };
-
+  unsigned char* wsmem = pipe_smem + warp * kStages * Tr::kStageBytes;
   const cache_t* k_base = static_cast<const cache_t*>(p.key_cache) + kv_head * p.k_head_stride;
   const cache_t* v_base = static_cast<const cache_t*>(p.value_cache) + kv_head * p.v_head_stride;
   // Consecutive lanes copy consecutive 16-byte pieces of a row: coalesced.
-  auto issue = [&](int stage, int page, int offset) {
+  auto issue = [&](int stage, int j, int page, int offset) {
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
     unsigned char* vs = ks + kTile * Tr::kRowBytes;
+    const int valid_rows = end - tile_start(j);
 #pragma unroll
     for (int k = 0; k < Tr::kChunks / 2; ++k) {
       const int idx = lane + 32 * k;
       const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
+      const bool valid = row < valid_rows;
       const int pg = __shfl_sync(kFull, page, row);
       const int off = __shfl_sync(kFull, offset, row);
-      const bool valid = pg >= 0;
       const int64_t blk = valid ? pg : 0;
       const int elem = c * (16 / int(sizeof(cache_t)));
       cp_async_16(ks + row * Tr::kRowBytes + c * 16,
@@ -177,6 +180,26 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
                   v_base + blk * p.v_block_stride + off * p.v_token_stride + elem, valid);
     }
   };
+
+  // Pipeline: kStages - 1 tiles in flight while one is computed; the page ids
+  // of the next tile to issue are loaded one iteration ahead.
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_tiles) issue(st, st, pages[st], offsets[st]);
+    cp_async_commit();
+  }
+
+  // Query rows, pre-scaled, as hi and lo 16-bit parts; rows past num_q are zero.
+#pragma unroll
+  for (int k = 0; k < kQPerThread; ++k) {
+    const int i = threadIdx.x + k * Tr::kThreads, g = i / D, d = i % D;
+    float hi, lo;
+    split_hi_lo<mma_t>(q_vals[k] * p.scale_log2, hi, lo);
+    reinterpret_cast<mma_t*>(q_smem + g * Tr::kQRowBytes)[d] = Convert<mma_t>::from_float(hi);
+    reinterpret_cast<mma_t*>(q_smem + (g + 8) * Tr::kQRowBytes)[d] =
+        Convert<mma_t>::from_float(lo);
+  }
+  __syncthreads();
 
   float o[D / 8][4];  // accumulator tiles: rows gid (hi) and gid + 8 (lo) of head gid
 #pragma unroll
@@ -287,20 +310,10 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     }
   };
 
-  // Pipeline: kStages - 1 tiles in flight while one is computed; the page ids
-  // of the next tile to issue are loaded one iteration ahead.
-  int pages[kStages], offsets[kStages];
-#pragma unroll
-  for (int st = 0; st < kStages; ++st) lookup(st, pages[st], offsets[st]);
-#pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_tiles) issue(st, pages[st], offsets[st]);
-    cp_async_commit();
-  }
   int next_page = pages[kStages - 1], next_offset = offsets[kStages - 1];
   for (int j = 0; j < my_tiles; ++j) {
     const int jn = j + kStages - 1;
-    if (jn < my_tiles) issue(jn % kStages, next_page, next_offset);
+    if (jn < my_tiles) issue(jn % kStages, jn, next_page, next_offset);
     cp_async_commit();
     lookup(jn + 1, next_page, next_offset);
     cp_async_wait<kStages - 1>();
@@ -359,6 +372,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
 
 // Combines the splits of one (sequence, query head): the softmax-weighted mean
 // of the split outputs, weighted by each split's sum of exp2 under a common max.
+// Latency-bound and small, so loads are spread over lanes and unrolled.
 template <typename out_t>
 __global__ void paged_attention_merge_kernel(
     out_t* __restrict__ out,                  // [num_seqs, num_heads, head_size]
@@ -369,6 +383,7 @@ __global__ void paged_attention_merge_kernel(
     int64_t out_seq_stride, int64_t out_head_stride, int head_size, int num_splits,
     int split_len, int max_context) {
   extern __shared__ float weights[];  // [num_splits]
+  __shared__ float inv_total;
   const int head = blockIdx.x, seq = blockIdx.y;
   const int context_len = min(context_lens[seq], max_context);
   // Splits past the context were never written.
@@ -379,19 +394,27 @@ __global__ void paged_attention_merge_kernel(
     return;
   }
   const int64_t row = static_cast<int64_t>(seq) * gridDim.x + head;
-  const float* ml = max_logits + row * num_splits;
-  float m_all = -INFINITY;
-  for (int s = 0; s < used; ++s) m_all = fmaxf(m_all, ml[s]);
-  for (int s = threadIdx.x; s < used; s += blockDim.x) {
-    weights[s] = exp2f(ml[s] - m_all) * exp_sums[row * num_splits + s];
+  if (threadIdx.x < 32) {
+    const float* ml = max_logits + row * num_splits;
+    const float* es = exp_sums + row * num_splits;
+    float m_all = -INFINITY;
+    for (int s = threadIdx.x; s < used; s += 32) m_all = fmaxf(m_all, ml[s]);
+    for (int mask = 16; mask > 0; mask /= 2) {
+      m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, mask));
+    }
+    float total = 0.f;
+    for (int s = threadIdx.x; s < used; s += 32) {
+      weights[s] = exp2f(ml[s] - m_all) * es[s];
+      total += weights[s];
+    }
+    for (int mask = 16; mask > 0; mask /= 2) total += __shfl_xor_sync(0xffffffffu, total, mask);
+    if (threadIdx.x == 0) inv_total = 1.f / total;
   }
   __syncthreads();
-  float total = 0.f;
-  for (int s = 0; s < used; ++s) total += weights[s];
-  const float inv_total = 1.f / total;
   const float* t = tmp_out + row * num_splits * head_size;
   for (int d = threadIdx.x; d < head_size; d += blockDim.x) {
     float acc = 0.f;
+#pragma unroll 8
     for (int s = 0; s < used; ++s) acc += weights[s] * t[s * head_size + d];
     o[d] = Convert<out_t>::from_float(acc * inv_total);
   }
