@@ -32,6 +32,15 @@ if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS
 fi
 echo "built in $((SECONDS - start)) s"
 
+# On the device image, any C++ exception raised by the extension (CPU or CUDA
+# op) segfaults while c10 formats its message inside libstdc++'s ostream code
+# (seen 2026-11-22, torch 2.11.0+cu130, g++ 13.3); preloading the system
+# libstdc++ avoids it. GPU_CHECK_NO_PRELOAD=1 shows the crash.
+if [[ -z "${GPU_CHECK_NO_PRELOAD:-}" ]] && command -v g++ >/dev/null; then
+  export LD_PRELOAD="$(g++ -print-file-name=libstdc++.so.6)"
+  echo "LD_PRELOAD=$LD_PRELOAD"
+fi
+
 test_status=skipped
 if [[ -z "${SKIP_TESTS:-}" ]]; then
   echo "== tests"
