@@ -6,11 +6,12 @@
 
 namespace mini_paged_attn {
 void bind_block_manager(pybind11::module_& m);
+void bind_block_tables(pybind11::module_& m);
 void bind_cache_config(pybind11::module_& m);
 }  // namespace mini_paged_attn
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "C++ core of mini_paged_attn: BlockManager and KV-cache configs";
+  m.doc() = "C++ core of mini_paged_attn: BlockManager, BlockTables and KV-cache configs";
   m.attr("with_cuda") =
 #ifdef MINI_PAGED_ATTN_WITH_CUDA
       true;
@@ -18,6 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       false;
 #endif
   mini_paged_attn::bind_block_manager(m);
+  mini_paged_attn::bind_block_tables(m);
   mini_paged_attn::bind_cache_config(m);
   // Host-side data checks, used by the Python wrappers for GPU tensors.
   m.def("check_block_tables", &mini_paged_attn::check_block_tables, py::arg("op"),
