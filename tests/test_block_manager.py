@@ -1,9 +1,11 @@
+import collections
+import random
 import threading
 
 import pytest
 
 from mini_paged_attn import _C
-from mini_paged_attn.block_manager import BlockManager
+from mini_paged_attn.block_manager import ROOT_BLOCK_HASH, BlockManager, hash_block
 
 
 # -- the seed's tests (seed 000) -----------------------------------------------------
@@ -170,3 +172,154 @@ def test_concurrent_allocate_and_free_never_lose_or_duplicate_blocks():
     assert all(manager.get_ref_count(b) == 1 for b in held)
     manager.free_blocks(held)
     assert manager.num_free_blocks == num_blocks
+
+
+# -- prefix cache ----------------------------------------------------------------------
+
+def _cached_block(manager, block_hash):
+    """A block registered under block_hash and then released: evictable."""
+    b = manager.allocate()
+    assert manager.register_hash(b, block_hash)
+    manager.free(b)
+    return b
+
+
+def test_hash_block_is_chained_and_deterministic():
+    h0 = hash_block(ROOT_BLOCK_HASH, [1, 2, 3, 4])
+    assert h0 == hash_block(ROOT_BLOCK_HASH, [1, 2, 3, 4])
+    assert h0 == 0x32d71687f4dd31b8  # the same in every run and on every machine
+    assert h0 != hash_block(ROOT_BLOCK_HASH, [1, 2, 3, 5])
+    assert hash_block(h0, [5, 6]) != hash_block(ROOT_BLOCK_HASH, [5, 6])
+    assert hash_block(0, [7]) != hash_block(0, [7, 0])
+    with pytest.raises(ValueError, match="parent_hash"):
+        hash_block(-1, [1])
+    with pytest.raises(TypeError, match="token_ids"):
+        hash_block(0, [1.5])
+
+
+def test_released_registered_block_stays_cached_until_evicted():
+    manager = BlockManager(3)
+    b = _cached_block(manager, 42)
+    assert manager.num_free_blocks == 3 and manager.num_evictable_blocks == 1
+    assert manager.evictable_blocks() == [b] and manager.get_block_hash(b) == 42
+    # Never-used blocks go first; then the cached one is evicted and forgets its hash.
+    others = manager.allocate_blocks(2)
+    assert b not in others and manager.get_block_hash(b) == 42
+    assert manager.allocate() == b
+    assert manager.get_block_hash(b) is None and manager.lookup(42) is None
+    assert manager.prefix_cache_stats.evictions == 1
+
+
+def test_lookup_revives_or_shares_and_counts():
+    manager = BlockManager(4)
+    b = _cached_block(manager, 7)
+    assert manager.lookup(7) == b and manager.get_ref_count(b) == 1
+    assert manager.num_evictable_blocks == 0 and manager.num_free_blocks == 3
+    assert manager.lookup(7) == b and manager.get_ref_count(b) == 2  # in use: shared
+    assert manager.lookup(8) is None
+    stats = manager.prefix_cache_stats
+    assert (stats.hits, stats.misses, stats.evictions) == (2, 1, 0)
+    manager.free_blocks([b, b])
+    assert manager.evictable_blocks() == [b]
+
+
+def test_evicts_least_recently_freed_first():
+    manager = BlockManager(4)
+    blocks = manager.allocate_blocks(4)
+    for i, b in enumerate(blocks):
+        manager.register_hash(b, 100 + i)
+    manager.free_blocks([blocks[2], blocks[0], blocks[3], blocks[1]])
+    assert manager.evictable_blocks() == [blocks[2], blocks[0], blocks[3], blocks[1]]
+    assert manager.lookup(100) == blocks[0]  # revived: no longer evictable
+    assert manager.allocate_blocks(2) == [blocks[2], blocks[3]]
+    assert manager.lookup(102) is None and manager.lookup(101) == blocks[1]
+
+
+def test_one_owner_per_hash_and_one_hash_per_block():
+    manager = BlockManager(3)
+    a, b = manager.allocate_blocks(2)
+    assert manager.register_hash(a, 5)
+    assert manager.register_hash(a, 5)          # again: already so
+    assert not manager.register_hash(b, 5)      # the hash keeps its owner
+    assert not manager.register_hash(a, 6)      # the block keeps its hash
+    assert manager.get_block_hash(b) is None and manager.lookup(6) is None
+    manager.free_blocks([a, b])
+    assert manager.evictable_blocks() == [a]    # b had no content to keep
+    with pytest.raises(RuntimeError, match="no reference"):
+        manager.register_hash(b, 9)
+    with pytest.raises(ValueError, match="block_hash"):
+        manager.register_hash(a, 1 << 64)
+
+
+def test_cached_block_cannot_be_freed_or_shared_without_a_reference():
+    manager = BlockManager(2)
+    b = _cached_block(manager, 3)
+    with pytest.raises(RuntimeError, match="double free.*cached"):
+        manager.free(b)
+    with pytest.raises(RuntimeError, match="lookup"):
+        manager.increase_ref_count(b)
+    assert manager.evictable_blocks() == [b] and manager.get_ref_count(b) == 0
+
+
+def test_allocate_with_prefix_is_all_or_nothing():
+    manager = BlockManager(4)
+    x = _cached_block(manager, 1)
+    y = _cached_block(manager, 2)
+    # Hits stop at the first miss (3); reviving x and y leaves 2 blocks for the rest.
+    with pytest.raises(MemoryError, match="requested 3"):
+        manager.allocate_with_prefix(5, [1, 2, 3, 2])
+    assert manager.evictable_blocks() == [x, y] and manager.prefix_cache_stats.hits == 0
+    blocks, num_cached = manager.allocate_with_prefix(4, [1, 2, 3])
+    assert blocks[:2] == [x, y] and num_cached == 2 and len(set(blocks)) == 4
+    stats = manager.prefix_cache_stats
+    assert (stats.hits, stats.misses) == (2, 1)
+    with pytest.raises(ValueError, match="block_hashes"):
+        manager.allocate_with_prefix(1, [1, 2])
+
+
+def test_concurrent_allocate_free_and_lookup_account_for_every_block():
+    num_blocks, num_threads, rounds = 48, 6, 1500
+    manager = BlockManager(num_blocks)
+    held = [[] for _ in range(num_threads)]
+    lookups = [0] * num_threads
+    errors = []
+
+    def worker(tid):
+        rng = random.Random(tid)
+        try:
+            for _ in range(rounds):
+                op = rng.random()
+                if op < 0.35:
+                    try:
+                        b = manager.allocate()
+                    except MemoryError:
+                        continue
+                    manager.register_hash(b, rng.randrange(64))  # keys shared by threads
+                    held[tid].append(b)
+                elif op < 0.6:
+                    lookups[tid] += 1
+                    b = manager.lookup(rng.randrange(64))
+                    if b is not None:
+                        held[tid].append(b)
+                elif held[tid]:
+                    manager.free(held[tid].pop(rng.randrange(len(held[tid]))))
+        except Exception as e:  # surfaced below: a thread must not die silently
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(num_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    refs = collections.Counter(b for blocks in held for b in blocks)
+    assert all(manager.get_ref_count(b) == refs[b] for b in range(num_blocks))
+    stats = manager.prefix_cache_stats
+    assert stats.hits + stats.misses == sum(lookups)
+    manager.free_blocks([b for blocks in held for b in blocks])
+    assert manager.num_free_blocks == num_blocks
+    evictable = manager.evictable_blocks()
+    assert len(evictable) == len(set(evictable)) == manager.num_evictable_blocks
+    assert all(manager.get_block_hash(b) is not None for b in evictable)
+    assert all(manager.get_block_hash(b) is None
+               for b in set(range(num_blocks)) - set(evictable))
