@@ -177,8 +177,8 @@ class PagedAttentionManager:
         self._copy(self.block_tables.make_writable(seq_id, start, n))
         self._sync([self.row_of(seq_id)])
         to = dict(device=self.device, dtype=self.dtype)
-        reshape_and_cache(key.to(**to), value.to(**to), self.key_cache, self.value_cache,
-                          self.slot_mapping(seq_id, start, n))
+        reshape_and_cache(key.to(**to).contiguous(), value.to(**to).contiguous(),
+                          self.key_cache, self.value_cache, self.slot_mapping(seq_id, start, n))
         self.block_tables.mark_written(seq_id, start, n)
 
     def gather_kv(self, seq_id: Hashable) -> Tuple[torch.Tensor, torch.Tensor]:
