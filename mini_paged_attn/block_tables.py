@@ -10,7 +10,7 @@ its errors. It moves no KV data: calls that need blocks copied return a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Hashable, Iterator, List, Optional, Sequence, Tuple
+from typing import Hashable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -18,14 +18,8 @@ from . import _C
 from .block_manager import BlockManager
 from .checks import non_negative, positive
 
-TokenIds = Optional[Sequence[int]]
-
-
-def _ids(token_ids: TokenIds) -> Optional[List[int]]:
-    # Element types are checked by the C++ binding (TypeError naming token_ids).
-    if token_ids is None:
-        return None
-    return token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+# A sequence of ints or a 1-D integer tensor (checked in C++, errors naming it).
+TokenIds = Optional[Union[Sequence[int], torch.Tensor]]
 
 
 class BlockTables(Mapping):
@@ -92,7 +86,7 @@ class BlockTables(Mapping):
         of ``block_size``, at most ``seq_len - 1``: the last token is always
         recomputed), 0 without ``token_ids``."""
         self._check_new(seq_id)
-        row, num_cached = self.cpp_tables.add(non_negative("seq_len", seq_len), _ids(token_ids))
+        row, num_cached = self.cpp_tables.add(non_negative("seq_len", seq_len), token_ids)
         self._rows[seq_id] = row
         return num_cached
 
@@ -109,7 +103,7 @@ class BlockTables(Mapping):
         Returns the int64 slots of the new positions and the ``block_mapping``
         of the copy-on-write copy of a shared last block."""
         return self.cpp_tables.append(self.row_of(seq_id), non_negative("num_tokens", num_tokens),
-                                      _ids(token_ids))
+                                      token_ids)
 
     def decode_step(self, seq_ids: Optional[Sequence[Hashable]] = None,
                     token_ids: TokenIds = None
@@ -127,8 +121,11 @@ class BlockTables(Mapping):
         """
         rows = None
         if seq_ids is not None:
-            rows = [self.row_of(s) for s in seq_ids]
-        return self.cpp_tables.decode_step(rows, _ids(token_ids))
+            try:
+                rows = list(map(self._rows.__getitem__, seq_ids))
+            except KeyError as e:
+                raise KeyError(f"unknown seq_id {e.args[0]!r}") from None
+        return self.cpp_tables.decode_step(rows, token_ids)
 
     def free_sequence(self, seq_id: Hashable) -> None:
         """Releases the sequence's blocks, last block first, and its row."""
