@@ -141,31 +141,41 @@ def test_freed_blocks_are_reused():
     assert manager.allocate() == a
 
 
-def test_concurrent_allocate_and_free_never_lose_or_duplicate_blocks():
-    num_blocks, num_threads, rounds = 64, 8, 2000
-    manager = BlockManager(num_blocks)
-    owned = [[] for _ in range(num_threads)]
+def _run_in_threads(worker, num_threads):
+    """Runs worker(tid) on num_threads threads at once; a thread must not die
+    silently, so its error fails the test."""
     errors = []
 
-    def worker(tid):
+    def guarded(tid):
         try:
-            for r in range(rounds):
-                if (r + tid) % 3 != 2:
-                    try:
-                        owned[tid].extend(manager.allocate_blocks(1 + r % 2))
-                    except MemoryError:
-                        pass
-                elif owned[tid]:
-                    manager.free(owned[tid].pop())
-        except Exception as e:  # surfaced below: a thread must not die silently
+            worker(tid)
+        except Exception as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(num_threads)]
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(num_threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    assert not errors, errors
+
+
+def test_concurrent_allocate_and_free_never_lose_or_duplicate_blocks():
+    num_blocks, num_threads, rounds = 64, 8, 2000
+    manager = BlockManager(num_blocks)
+    owned = [[] for _ in range(num_threads)]
+
+    def worker(tid):
+        for r in range(rounds):
+            if (r + tid) % 3 != 2:
+                try:
+                    owned[tid].extend(manager.allocate_blocks(1 + r % 2))
+                except MemoryError:
+                    pass
+            elif owned[tid]:
+                manager.free(owned[tid].pop())
+
+    _run_in_threads(worker, num_threads)
     held = [b for blocks in owned for b in blocks]
     assert len(held) == len(set(held)), "a block was handed out twice"
     assert manager.num_free_blocks == num_blocks - len(held)
@@ -282,36 +292,27 @@ def test_concurrent_allocate_free_and_lookup_account_for_every_block():
     manager = BlockManager(num_blocks)
     held = [[] for _ in range(num_threads)]
     lookups = [0] * num_threads
-    errors = []
 
     def worker(tid):
         rng = random.Random(tid)
-        try:
-            for _ in range(rounds):
-                op = rng.random()
-                if op < 0.35:
-                    try:
-                        b = manager.allocate()
-                    except MemoryError:
-                        continue
-                    manager.register_hash(b, rng.randrange(64))  # keys shared by threads
+        for _ in range(rounds):
+            op = rng.random()
+            if op < 0.35:
+                try:
+                    b = manager.allocate()
+                except MemoryError:
+                    continue
+                manager.register_hash(b, rng.randrange(64))  # keys shared by threads
+                held[tid].append(b)
+            elif op < 0.6:
+                lookups[tid] += 1
+                b = manager.lookup(rng.randrange(64))
+                if b is not None:
                     held[tid].append(b)
-                elif op < 0.6:
-                    lookups[tid] += 1
-                    b = manager.lookup(rng.randrange(64))
-                    if b is not None:
-                        held[tid].append(b)
-                elif held[tid]:
-                    manager.free(held[tid].pop(rng.randrange(len(held[tid]))))
-        except Exception as e:  # surfaced below: a thread must not die silently
-            errors.append(e)
+            elif held[tid]:
+                manager.free(held[tid].pop(rng.randrange(len(held[tid]))))
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(num_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    _run_in_threads(worker, num_threads)
     refs = collections.Counter(b for blocks in held for b in blocks)
     assert all(manager.get_ref_count(b) == refs[b] for b in range(num_blocks))
     stats = manager.prefix_cache_stats

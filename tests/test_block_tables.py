@@ -150,7 +150,7 @@ def test_failed_calls_change_nothing():
         t.append_slots("x", 2, [1])
     with pytest.raises(TypeError):
         t.add_sequence("y", 2, ["a", "b"])
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="entry 1 of the decode step .row 2. repeats"):
         t.decode_step(["x", "x"])
     with pytest.raises(KeyError, match="unknown seq_id 'q'"):
         t.decode_step(["x", "q"])

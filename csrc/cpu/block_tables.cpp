@@ -82,6 +82,23 @@ void BlockTables::check_token_ids(const TokenIds& token_ids, int64_t n) const {
   }
 }
 
+void BlockTables::check_positions(int64_t row, int64_t start, int64_t n) const {
+  const int64_t len = live_row(row).len;
+  if (start < 0 || n < 0 || start + n > len) {
+    throw std::invalid_argument("positions [" + std::to_string(start) + ", " +
+                                std::to_string(start + n) + ") are outside the sequence of " +
+                                std::to_string(len) + " tokens");
+  }
+}
+
+void BlockTables::require_blocks_locked(int64_t need, const char* what) const {
+  if (need > bm_.num_available_locked()) {
+    throw OutOfBlocksError(std::string("Out of memory: ") + what + " needs " +
+                           std::to_string(need) + " blocks but only " +
+                           std::to_string(bm_.num_available_locked()) + " are free");
+  }
+}
+
 void BlockTables::check_free_row() const {
   if (free_rows_.empty()) {
     throw OutOfBlocksError("all " + std::to_string(rows_.size()) +
@@ -193,12 +210,7 @@ std::pair<at::Tensor, at::Tensor> BlockTables::append(int64_t row, int64_t n,
   std::vector<int64_t> copies;
   {
     std::lock_guard<std::mutex> lock(bm_.mutex_);
-    const int64_t need = blocks_to_append_locked(row, n);
-    if (need > bm_.num_available_locked()) {
-      throw OutOfBlocksError("Out of memory: appending " + std::to_string(n) +
-                             " tokens needs " + std::to_string(need) + " blocks but only " +
-                             std::to_string(bm_.num_available_locked()) + " are free");
-    }
+    require_blocks_locked(blocks_to_append_locked(row, n), "appending tokens");
     grow_locked(row, n, token_ids ? token_ids->data() : nullptr, copies);
   }
   return {slot_mapping(row, start, n), block_mapping(copies)};
@@ -211,12 +223,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BlockTables::decode_step(
   if (rows) {
     batch = *rows;
     ++step_;
-    for (int64_t row : batch) {
-      live_row(row);
-      if (seen_[row] == step_) {
-        throw std::invalid_argument("row " + std::to_string(row) + " appears twice in rows");
+    for (size_t i = 0; i < batch.size(); ++i) {
+      live_row(batch[i]);
+      if (seen_[batch[i]] == step_) {
+        throw std::invalid_argument("entry " + std::to_string(i) + " of the decode step (row " +
+                                    std::to_string(batch[i]) + ") repeats an earlier one");
       }
-      seen_[row] = step_;
+      seen_[batch[i]] = step_;
     }
   } else {
     for (int64_t row = 0; row < num_rows; ++row) {
@@ -248,11 +261,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BlockTables::decode_step(
     }
   }
   for (int64_t b : touched) drops_[b] = 0;
-  if (need > bm_.num_available_locked()) {
-    throw OutOfBlocksError("Out of memory: the decode step needs " + std::to_string(need) +
-                           " blocks but only " + std::to_string(bm_.num_available_locked()) +
-                           " are free");
-  }
+  require_blocks_locked(need, "the decode step");
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t row = batch[i], out = rows ? static_cast<int64_t>(i) : row;
     Row& r = rows_[row];
@@ -269,24 +278,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BlockTables::decode_step(
 }
 
 at::Tensor BlockTables::make_writable(int64_t row, int64_t start, int64_t n) {
-  const int64_t len = live_row(row).len;
-  if (start < 0 || n < 0 || start + n > len) {
-    throw std::invalid_argument("positions [" + std::to_string(start) + ", " +
-                                std::to_string(start + n) + ") are outside the sequence of " +
-                                std::to_string(len) + " tokens");
-  }
+  check_positions(row, start, n);
   std::vector<int64_t> copies;
   if (n == 0) return block_mapping(copies);
   const int64_t first = start / block_size_, last = (start + n - 1) / block_size_;
   std::lock_guard<std::mutex> lock(bm_.mutex_);
   int64_t need = 0;
   for (int64_t i = first; i <= last; ++i) need += !bm_.writable_locked(table_row(row)[i]);
-  if (need > bm_.num_available_locked()) {
-    throw OutOfBlocksError("Out of memory: copy-on-write of positions [" +
-                           std::to_string(start) + ", " + std::to_string(start + n) +
-                           ") needs " + std::to_string(need) + " blocks but only " +
-                           std::to_string(bm_.num_available_locked()) + " are free");
-  }
+  require_blocks_locked(need, "copy-on-write");
   for (int64_t i = first; i <= last; ++i) {
     if (!bm_.writable_locked(table_row(row)[i])) copy_on_write_locked(row, i, copies);
   }
@@ -294,12 +293,8 @@ at::Tensor BlockTables::make_writable(int64_t row, int64_t start, int64_t n) {
 }
 
 void BlockTables::mark_written(int64_t row, int64_t start, int64_t n) {
-  Row& r = live_row(row);
-  if (start < 0 || n < 0 || start + n > r.len) {
-    throw std::invalid_argument("positions [" + std::to_string(start) + ", " +
-                                std::to_string(start + n) + ") are outside the sequence of " +
-                                std::to_string(r.len) + " tokens");
-  }
+  check_positions(row, start, n);
+  Row& r = rows_[row];
   if (start > r.num_written) return;  // a gap: the written prefix does not grow
   r.num_written = std::max(r.num_written, start + n);
   std::lock_guard<std::mutex> lock(bm_.mutex_);
@@ -317,12 +312,7 @@ void BlockTables::register_written_locked(int64_t row) {
 }
 
 at::Tensor BlockTables::slot_mapping(int64_t row, int64_t start, int64_t n) const {
-  const int64_t len = live_row(row).len;
-  if (start < 0 || n < 0 || start + n > len) {
-    throw std::invalid_argument("positions [" + std::to_string(start) + ", " +
-                                std::to_string(start + n) + ") are outside the sequence of " +
-                                std::to_string(len) + " tokens");
-  }
+  check_positions(row, start, n);
   at::Tensor slots = at::empty({n}, at::kLong);
   int64_t* out = slots.data_ptr<int64_t>();
   for (int64_t p = start; p < start + n; ++p) {

@@ -88,6 +88,10 @@ class BlockTables {
   }
   void check_capacity(const char* name, int64_t num_tokens) const;
   void check_token_ids(const TokenIds& token_ids, int64_t n) const;
+  void check_positions(int64_t row, int64_t start, int64_t n) const;
+  // OutOfBlocksError naming `what` unless `need` blocks can be allocated;
+  // the caller holds the manager's lock.
+  void require_blocks_locked(int64_t need, const char* what) const;
   int32_t* table_row(int64_t row) const { return table_ + row * max_blocks_per_seq_; }
   void check_free_row() const;
   int64_t take_free_row();
