@@ -3,19 +3,22 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C
 from ._C import CacheConfig, PagedKVCacheConfig, StaticKVCacheConfig
-from .block_manager import BlockManager
+from .block_manager import BlockManager, hash_block
+from .block_tables import BlockTables
 from .manager import PagedAttentionManager
 from .ops import copy_blocks, paged_attention, paged_attention_v1, reshape_and_cache
 from .static_cache import StaticKVCache
 
 __all__ = [
     "BlockManager",
+    "BlockTables",
     "CacheConfig",
     "PagedAttentionManager",
     "PagedKVCacheConfig",
     "StaticKVCache",
     "StaticKVCacheConfig",
     "copy_blocks",
+    "hash_block",
     "paged_attention",
     "paged_attention_v1",
     "reshape_and_cache",

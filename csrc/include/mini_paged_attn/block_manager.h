@@ -28,8 +28,9 @@ class OutOfBlocksError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Prefix-cache counters, in blocks: looked up and found, looked up and not
-// found, and registered blocks whose content was dropped to reuse the block.
+// Prefix-cache counters, in blocks: asked for and served from the cache; asked
+// for and not served (after a miss, allocate_with_prefix counts the rest of
+// its hashes too); registered blocks whose content was dropped for reuse.
 struct PrefixCacheStats {
   int64_t hits = 0;
   int64_t misses = 0;
