@@ -1,6 +1,6 @@
 """Block-manager benchmark: the C++ BlockTables (through its Python API) against
-the pure-Python manager of py_block_tables.py (same semantics, same block ids),
-measured in the same run.
+the pure-Python manager of py_block_tables.py and py_block_manager.py (same
+semantics, same block ids), measured in the same run.
 
 1. A scheduling trace, seeded: thousands of requests arrive (prompts sharing
    system prompts, so the prefix cache hits), are admitted while blocks allow,
@@ -31,7 +31,8 @@ from collections import Counter, deque
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from py_block_tables import PyBlockManager, PyBlockTables  # noqa: E402
+from py_block_manager import PyBlockManager  # noqa: E402
+from py_block_tables import PyBlockTables  # noqa: E402
 
 from mini_paged_attn.block_manager import BlockManager  # noqa: E402
 from mini_paged_attn.block_tables import BlockTables  # noqa: E402
@@ -177,7 +178,7 @@ def main():
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.quick:
-        args.requests, args.trace_blocks, args.steps, args.repeats = 400, 3000, 16, 1
+        args.requests, args.trace_blocks, args.repeats = 400, 3000, 1
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "python": platform.python_version(), "torch": torch.__version__,

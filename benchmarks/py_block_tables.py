@@ -1,100 +1,20 @@
-"""Pure-Python block manager and block tables, nano-vllm style: the baseline of
+"""Pure-Python block tables, nano-vllm style: the baseline of
 bench_block_manager.py and the model that tests/test_block_sharing_properties.py
 checks the C++ ``BlockTables`` against, step by step.
 
 Same semantics and the same policy as the C++ code, so both hand out the same
-block ids: free blocks are a LIFO stack, evictable blocks an LRU list (oldest
-first), sequences take the lowest free row, a block is written in place only
-if one sequence holds it and it is not a prefix-cache entry. Keys are chained
-blake2b hashes (another function than the C++ one; only equality matters).
+block ids: sequences take the lowest free row, a block is written in place
+only if one sequence holds it and it is not a prefix-cache entry, blocks come
+from py_block_manager.PyBlockManager.
 """
 from __future__ import annotations
 
 import heapq
-from array import array
-from collections import OrderedDict
-from hashlib import blake2b
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 
-ROOT_HASH = 0
-
-
-def hash_block(parent_hash: int, token_ids: Sequence[int]) -> int:
-    data = parent_hash.to_bytes(8, "little") + array("q", token_ids).tobytes()
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
-
-
-class PyBlockManager:
-    def __init__(self, num_blocks: int):
-        self.num_blocks = num_blocks
-        self.ref_count = [0] * num_blocks
-        self.free_list = list(range(num_blocks - 1, -1, -1))
-        self.block_hash: List[Optional[int]] = [None] * num_blocks
-        self.hash_to_block: Dict[int, int] = {}
-        self.evictable: "OrderedDict[int, None]" = OrderedDict()
-        self.hits = self.misses = self.evictions = 0
-
-    @property
-    def num_free_blocks(self) -> int:
-        return len(self.free_list) + len(self.evictable)
-
-    def take(self) -> int:
-        if self.free_list:
-            b = self.free_list.pop()
-        else:
-            b, _ = self.evictable.popitem(last=False)
-            del self.hash_to_block[self.block_hash[b]]
-            self.block_hash[b] = None
-            self.evictions += 1
-        self.ref_count[b] = 1
-        return b
-
-    def release(self, b: int) -> None:
-        self.ref_count[b] -= 1
-        if self.ref_count[b] == 0:
-            if self.block_hash[b] is None:
-                self.free_list.append(b)
-            else:
-                self.evictable[b] = None
-
-    def writable(self, b: int) -> bool:
-        return self.ref_count[b] == 1 and self.block_hash[b] is None
-
-    def lookup(self, h: int) -> Optional[int]:
-        b = self.hash_to_block.get(h)
-        if b is None:
-            self.misses += 1
-            return None
-        if self.ref_count[b] == 0:
-            del self.evictable[b]
-        self.ref_count[b] += 1
-        self.hits += 1
-        return b
-
-    def register(self, b: int, h: int) -> None:
-        if self.block_hash[b] is None and h not in self.hash_to_block:
-            self.block_hash[b] = h
-            self.hash_to_block[h] = b
-
-    def allocate_with_prefix(self, n: int, hashes: List[int]):
-        cached = []
-        for h in hashes:
-            b = self.hash_to_block.get(h)
-            if b is None:
-                break
-            cached.append(b)
-        revived = len({b for b in cached if self.ref_count[b] == 0})
-        if n - len(cached) > self.num_free_blocks - revived:
-            raise MemoryError(f"requested {n - len(cached)} blocks")
-        for b in cached:
-            if self.ref_count[b] == 0:
-                del self.evictable[b]
-            self.ref_count[b] += 1
-        self.hits += len(cached)
-        self.misses += len(hashes) - len(cached)
-        return cached + [self.take() for _ in range(n - len(cached))], len(cached)
+from py_block_manager import ROOT_HASH, PyBlockManager, hash_block
 
 
 class _Seq:

@@ -1,7 +1,7 @@
 """Property tests of block sharing: random interleavings of add / append / fork
 / decode / write / free / lookup over many sequences, run on a
 PagedAttentionManager (C++ block tables) and on the pure-Python reference of
-benchmarks/py_block_tables.py, checked after every step.
+benchmarks/py_block_tables.py and py_block_manager.py, checked after every step.
 
 K/V values stand for what a model would compute: at a position whose token
 ids are known, a function of the token prefix (so a prefix-cache hit must
@@ -21,7 +21,9 @@ from mini_paged_attn.manager import PagedAttentionManager
 from mini_paged_attn.ops import reshape_and_cache
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import py_block_tables as ref  # noqa: E402
+from py_block_manager import ROOT_HASH, PyBlockManager  # noqa: E402
+from py_block_manager import hash_block as py_hash_block  # noqa: E402
+from py_block_tables import PyBlockTables  # noqa: E402
 
 BLOCK_SIZE, NUM_BLOCKS, NUM_ROWS, MAX_BLOCKS = 4, 20, 6, 5
 # Prompts sharing prefixes of 1, 2 and 0 blocks with the first one.
@@ -55,8 +57,7 @@ class BlockSharing(RuleBasedStateMachine):
         super().__init__()
         self.m = PagedAttentionManager(NUM_ROWS, 1, 2, BLOCK_SIZE, NUM_BLOCKS,
                                        dtype=torch.float32, max_blocks_per_seq=MAX_BLOCKS)
-        self.ref = ref.PyBlockTables(ref.PyBlockManager(NUM_BLOCKS), NUM_ROWS, MAX_BLOCKS,
-                                     BLOCK_SIZE)
+        self.ref = PyBlockTables(PyBlockManager(NUM_BLOCKS), NUM_ROWS, MAX_BLOCKS, BLOCK_SIZE)
         self.expected = {}   # seq_id -> K/V value of each position, None if unwritten
         self.tokens = {}     # seq_id -> token ids of its leading positions
         self.external = []   # blocks held through BlockManager.lookup
@@ -175,10 +176,10 @@ class BlockSharing(RuleBasedStateMachine):
 
     @rule(prompt=st.sampled_from(PROMPTS), num_blocks=st.integers(1, 3))
     def lookup(self, prompt, num_blocks):
-        cpp_hash, py_hash = ROOT_BLOCK_HASH, ref.ROOT_HASH
+        cpp_hash, py_hash = ROOT_BLOCK_HASH, ROOT_HASH
         for i in range(num_blocks):
             block = prompt[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]
-            cpp_hash, py_hash = hash_block(cpp_hash, block), ref.hash_block(py_hash, block)
+            cpp_hash, py_hash = hash_block(cpp_hash, block), py_hash_block(py_hash, block)
         got = self.m.block_manager.lookup(cpp_hash)
         assert got == self.ref.bm.lookup(py_hash)
         if got is not None:
