@@ -167,6 +167,15 @@ def bench_decode_step(args, num_seqs=256, bs=16):
     return {"num_seqs": num_seqs, "block_size": bs, "steps": args.steps, "seconds_per_step": out}
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=4000)
@@ -180,7 +189,7 @@ def main():
     if args.quick:
         args.requests, args.trace_blocks, args.repeats = 400, 3000, 1
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores",
             "python": platform.python_version(), "torch": torch.__version__,
             "command": " ".join(["python"] + sys.argv)}
     trace, step = bench_trace(args), bench_decode_step(args)
