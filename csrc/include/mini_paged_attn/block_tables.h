@@ -45,8 +45,8 @@ class BlockTables {
   // Grows the row by n tokens. Returns (slot_mapping of the new positions,
   // block_mapping of the copy-on-write copies to make before writing).
   std::pair<at::Tensor, at::Tensor> append(int64_t row, int64_t n, const TokenIds& token_ids);
-  // One decode step: each row of the batch (every live row, in row order, when
-  // rows is empty) grows by one token. The tokens a row already holds count as
+  // One decode step: each row of the batch (every live row, in row order,
+  // without rows) grows by one token. The tokens a row already holds count as
   // written (a decode step follows the forward pass that wrote them). Returns
   // (slot_mapping: one per batch entry, or one per row with -1 for free rows;
   // changed_rows: rows whose block_table changed; block_mapping).
