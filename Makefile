@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: all build test demo bench clean
+.PHONY: all build test demo bench bench-blocks clean
 
 all: test
 
@@ -34,6 +34,9 @@ demo: build
 
 bench: build
 	$(PY) benchmarks/bench_decode.py $(ARGS)
+
+bench-blocks: build
+	$(PY) benchmarks/bench_block_manager.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info mini_paged_attn/*.so

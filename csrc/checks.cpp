@@ -26,7 +26,8 @@ void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t di
 }
 
 void check_last_dim_contiguous(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
+  // An empty tensor has no layout to speak of (expanded ones have stride 0).
+  TORCH_CHECK_VALUE(t.numel() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
                     " must be contiguous in its last dimension, got strides ", t.strides());
 }
 
