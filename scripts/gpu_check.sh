@@ -5,7 +5,8 @@
 #
 #   OUT=DIR                 where logs go (default /tmp/gpu_check)
 #   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
-#   PYTEST_WORKERS=N        pytest-xdist workers (default 4; 0 runs in-process)
+#   PYTEST_WORKERS=N        pytest-xdist workers (default 0: in-process; with 4 workers
+#                           the CUDA-graph test failed twice, unexplained, see docs/perf-notes.md)
 #   SKIP_TESTS=1 / SKIP_BENCH=1
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -46,10 +47,10 @@ if [[ -z "${SKIP_TESTS:-}" ]]; then
   echo "== tests"
   # shellcheck disable=SC2086
   workers=()
-  if [[ "${PYTEST_WORKERS:-4}" != 0 ]] && $PY -c "import xdist" 2>/dev/null; then
-    workers=(-n "${PYTEST_WORKERS:-4}")  # a crashing test then fails alone
+  if [[ "${PYTEST_WORKERS:-0}" != 0 ]] && $PY -c "import xdist" 2>/dev/null; then
+    workers=(-n "$PYTEST_WORKERS")
   fi
-  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest ${PYTEST_ARGS:-tests/} "${workers[@]}" -q -rfE \
+  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest ${PYTEST_ARGS:-tests/} "${workers[@]}" -rfE \
     -p no:cacheprovider 2>&1 \
     | tee "$OUT/pytest.log" | grep -v -E '^[.sxF]+ +\[ *[0-9]+%\]$'
   test_status=$([[ ${PIPESTATUS[0]} == 0 ]] && echo passed || echo FAILED)

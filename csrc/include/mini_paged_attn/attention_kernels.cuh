@@ -414,7 +414,7 @@ __global__ void paged_attention_merge_kernel(
   const float* t = tmp_out + row * num_splits * head_size;
   for (int d = threadIdx.x; d < head_size; d += blockDim.x) {
     float acc = 0.f;
-#pragma unroll 8
+#pragma unroll 16
     for (int s = 0; s < used; ++s) acc += weights[s] * t[s * head_size + d];
     o[d] = Convert<out_t>::from_float(acc * inv_total);
   }
