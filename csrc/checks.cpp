@@ -71,14 +71,15 @@ void check_metadata_layout(const char* op, const at::Tensor& block_tables,
                     " entries");
 }
 
-}  // namespace
-
-PagedAttentionDims check_paged_attention(const char* op, const at::Tensor& out,
-                                         const at::Tensor& query, const at::Tensor& key_cache,
-                                         const at::Tensor& value_cache,
-                                         const at::Tensor& block_tables,
-                                         const at::Tensor& context_lens) {
-  check_dim(op, "query", query, 3, "[num_seqs, num_heads, head_size]");
+// Everything paged decode and prefill have in common; num_seqs is read from
+// block_tables, query rows are sequences (decode) or tokens (prefill).
+PagedAttentionDims check_attention_args(const char* op, const at::Tensor& out,
+                                        const at::Tensor& query, const char* query_layout,
+                                        const at::Tensor& key_cache,
+                                        const at::Tensor& value_cache,
+                                        const at::Tensor& block_tables,
+                                        const at::Tensor& context_lens) {
+  check_dim(op, "query", query, 3, query_layout);
   check_float(op, "query", query);
   check_last_dim_contiguous(op, "query", query);
   check_cache_pair(op, key_cache, value_cache);
@@ -89,7 +90,7 @@ PagedAttentionDims check_paged_attention(const char* op, const at::Tensor& out,
   check_same_device(op, "out", out, query, "query");
 
   PagedAttentionDims d;
-  d.num_seqs = query.size(0);
+  d.num_seqs = block_tables.size(0);
   d.num_heads = query.size(1);
   d.head_size = query.size(2);
   d.num_blocks = key_cache.size(0);
@@ -107,15 +108,44 @@ PagedAttentionDims check_paged_attention(const char* op, const at::Tensor& out,
                        query.scalar_type() == at::kFloat,
                    op, ": query dtype ", query.scalar_type(),
                    " must match key_cache dtype ", key_cache.scalar_type(), " or be float32");
-  TORCH_CHECK_VALUE(block_tables.size(0) == d.num_seqs, op, ": block_tables has ",
-                    block_tables.size(0), " rows but query has ", d.num_seqs, " sequences");
-  TORCH_CHECK_VALUE(context_lens.size(0) == d.num_seqs, op, ": context_lens has ",
-                    context_lens.size(0), " entries but query has ", d.num_seqs, " sequences");
   TORCH_CHECK_VALUE(out.sizes() == query.sizes(), op, ": out shape ", out.sizes(),
                     " differs from query shape ", query.sizes());
   TORCH_CHECK_TYPE(out.scalar_type() == query.scalar_type(), op, ": out dtype ",
                    out.scalar_type(), " differs from query dtype ", query.scalar_type());
   check_last_dim_contiguous(op, "out", out);
+  return d;
+}
+
+}  // namespace
+
+PagedAttentionDims check_paged_attention(const char* op, const at::Tensor& out,
+                                         const at::Tensor& query, const at::Tensor& key_cache,
+                                         const at::Tensor& value_cache,
+                                         const at::Tensor& block_tables,
+                                         const at::Tensor& context_lens) {
+  const PagedAttentionDims d =
+      check_attention_args(op, out, query, "[num_seqs, num_heads, head_size]", key_cache,
+                           value_cache, block_tables, context_lens);
+  TORCH_CHECK_VALUE(block_tables.size(0) == query.size(0), op, ": block_tables has ",
+                    block_tables.size(0), " rows but query has ", query.size(0), " sequences");
+  return d;
+}
+
+PagedAttentionDims check_paged_prefill_attention(
+    const char* op, const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+    const at::Tensor& value_cache, const at::Tensor& block_tables,
+    const at::Tensor& context_lens, const at::Tensor& query_start_loc) {
+  const PagedAttentionDims d =
+      check_attention_args(op, out, query, "[num_tokens, num_heads, head_size]", key_cache,
+                           value_cache, block_tables, context_lens);
+  check_dim(op, "query_start_loc", query_start_loc, 1, "[num_seqs + 1]");
+  check_int(op, "query_start_loc", query_start_loc, at::kInt);
+  TORCH_CHECK_VALUE(query_start_loc.is_contiguous(), op,
+                    ": query_start_loc must be contiguous");
+  check_same_device(op, "query_start_loc", query_start_loc, query, "query");
+  TORCH_CHECK_VALUE(query_start_loc.size(0) == d.num_seqs + 1, op, ": query_start_loc has ",
+                    query_start_loc.size(0), " entries but block_tables has ", d.num_seqs,
+                    " rows (needs num_seqs + 1)");
   return d;
 }
 
@@ -193,6 +223,32 @@ void check_block_tables(const char* op, const at::Tensor& block_tables,
                         " blocks");
     }
   }
+}
+
+void check_query_start_loc(const char* op, const at::Tensor& query_start_loc,
+                           const at::Tensor& context_lens, int64_t num_tokens) {
+  check_dim(op, "query_start_loc", query_start_loc, 1, "[num_seqs + 1]");
+  check_int(op, "query_start_loc", query_start_loc, at::kInt);
+  TORCH_CHECK_VALUE(query_start_loc.is_contiguous() && context_lens.is_contiguous(), op,
+                    ": query_start_loc and context_lens must be contiguous");
+  TORCH_CHECK_VALUE(query_start_loc.size(0) == context_lens.size(0) + 1, op,
+                    ": query_start_loc has ", query_start_loc.size(0),
+                    " entries but context_lens has ", context_lens.size(0),
+                    " (needs num_seqs + 1)");
+  const int32_t* loc = query_start_loc.data_ptr<int32_t>();
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(loc[0] == 0, op, ": query_start_loc[0] must be 0, got ", loc[0]);
+  for (int64_t s = 0; s < context_lens.size(0); ++s) {
+    const int64_t q_len = static_cast<int64_t>(loc[s + 1]) - loc[s];
+    TORCH_CHECK_VALUE(q_len >= 0, op, ": query_start_loc decreases at entry ", s + 1, " (",
+                      loc[s], " then ", loc[s + 1], ")");
+    TORCH_CHECK_VALUE(q_len <= lens[s], op, ": sequence ", s, " has ", q_len,
+                      " query tokens (query_start_loc) but context_lens[", s, "] = ", lens[s],
+                      "; context_lens must count the new tokens too");
+  }
+  TORCH_CHECK_VALUE(loc[context_lens.size(0)] == num_tokens, op,
+                    ": query_start_loc ends at ", loc[context_lens.size(0)], " but query has ",
+                    num_tokens, " tokens");
 }
 
 void check_slot_mapping(const char* op, const at::Tensor& slot_mapping, int64_t num_slots) {

@@ -25,6 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("check_block_tables", &mini_paged_attn::check_block_tables, py::arg("op"),
         py::arg("block_tables"), py::arg("context_lens"), py::arg("num_blocks"),
         py::arg("block_size"));
+  m.def("check_query_start_loc", &mini_paged_attn::check_query_start_loc, py::arg("op"),
+        py::arg("query_start_loc"), py::arg("context_lens"), py::arg("num_tokens"));
   m.def("check_slot_mapping", &mini_paged_attn::check_slot_mapping, py::arg("op"),
         py::arg("slot_mapping"), py::arg("num_slots"));
   m.def("check_block_mapping", &mini_paged_attn::check_block_mapping, py::arg("op"),

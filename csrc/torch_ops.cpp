@@ -8,19 +8,33 @@
 namespace mini_paged_attn {
 namespace {
 
-// The functional form allocates the output and forwards to the out= op, so
-// each backend implements the kernel once.
+// The functional forms allocate the output and forward to the out= op, so
+// each backend implements the kernel once. The out= schema is
+// (out, query, inputs..., scale).
+template <typename... Tensors>
+at::Tensor with_new_out(const char* out_op, const at::Tensor& query, double scale,
+                        const Tensors&... inputs) {
+  const auto op = c10::Dispatcher::singleton()
+                      .findSchemaOrThrow(out_op, "")
+                      .typed<void(const at::Tensor&, const at::Tensor&, const Tensors&..., double)>();
+  at::Tensor out = at::empty(query.sizes(), query.options());
+  op.call(out, query, inputs..., scale);
+  return out;
+}
+
 at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& block_tables,
                            const at::Tensor& context_lens, double scale) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("mini_paged_attn::paged_attention_out", "")
-                             .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         double)>();
-  at::Tensor out = at::empty(query.sizes(), query.options());
-  op.call(out, query, key_cache, value_cache, block_tables, context_lens, scale);
-  return out;
+  return with_new_out("mini_paged_attn::paged_attention_out", query, scale, key_cache,
+                      value_cache, block_tables, context_lens);
+}
+
+at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& key_cache,
+                                   const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                   const at::Tensor& context_lens,
+                                   const at::Tensor& query_start_loc, double scale) {
+  return with_new_out("mini_paged_attn::paged_prefill_attention_out", query, scale, key_cache,
+                      value_cache, block_tables, context_lens, query_start_loc);
 }
 
 }  // namespace
@@ -33,6 +47,13 @@ TORCH_LIBRARY(mini_paged_attn, m) {
       "paged_attention_out(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
       "Tensor block_tables, Tensor context_lens, float scale) -> ()");
   m.def(
+      "paged_prefill_attention(Tensor query, Tensor key_cache, Tensor value_cache, "
+      "Tensor block_tables, Tensor context_lens, Tensor query_start_loc, float scale) -> Tensor");
+  m.def(
+      "paged_prefill_attention_out(Tensor(a!) out, Tensor query, Tensor key_cache, "
+      "Tensor value_cache, Tensor block_tables, Tensor context_lens, Tensor query_start_loc, "
+      "float scale) -> ()");
+  m.def(
       "paged_attention_v1(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
       "Tensor block_table, Tensor context_lens) -> ()");
   m.def(
@@ -43,7 +64,13 @@ TORCH_LIBRARY(mini_paged_attn, m) {
       "Tensor block_mapping) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(mini_paged_attn, CPU, m) { m.impl("paged_attention", &paged_attention); }
-TORCH_LIBRARY_IMPL(mini_paged_attn, CUDA, m) { m.impl("paged_attention", &paged_attention); }
+TORCH_LIBRARY_IMPL(mini_paged_attn, CPU, m) {
+  m.impl("paged_attention", &paged_attention);
+  m.impl("paged_prefill_attention", &paged_prefill_attention);
+}
+TORCH_LIBRARY_IMPL(mini_paged_attn, CUDA, m) {
+  m.impl("paged_attention", &paged_attention);
+  m.impl("paged_prefill_attention", &paged_prefill_attention);
+}
 
 }  // namespace mini_paged_attn

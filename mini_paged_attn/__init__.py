@@ -6,7 +6,8 @@ from ._C import CacheConfig, PagedKVCacheConfig, StaticKVCacheConfig
 from .block_manager import BlockManager, hash_block
 from .block_tables import BlockTables
 from .manager import PagedAttentionManager
-from .ops import copy_blocks, paged_attention, paged_attention_v1, reshape_and_cache
+from .ops import (copy_blocks, paged_attention, paged_attention_v1, paged_prefill_attention,
+                  reshape_and_cache)
 from .static_cache import StaticKVCache
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "hash_block",
     "paged_attention",
     "paged_attention_v1",
+    "paged_prefill_attention",
     "reshape_and_cache",
 ]

@@ -15,7 +15,8 @@ import torch
 
 from . import _C
 
-__all__ = ["paged_attention", "paged_attention_v1", "reshape_and_cache", "copy_blocks"]
+__all__ = ["paged_attention", "paged_prefill_attention", "paged_attention_v1", "reshape_and_cache",
+           "copy_blocks"]
 
 _ops = torch.ops.mini_paged_attn
 
@@ -65,6 +66,51 @@ def paged_attention(
                                     float(scale))
     _ops.paged_attention_out(out, query, key_cache, value_cache, block_tables, context_lens,
                              float(scale))
+    return out
+
+
+def paged_prefill_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: Optional[float] = None,
+    out: Optional[torch.Tensor] = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """Causal attention of several sequences' new tokens over a paged KV cache.
+
+    Sequence ``s`` owns query rows ``query_start_loc[s] .. query_start_loc[s + 1] - 1``:
+    its last ``q_len`` tokens, at positions ``context_lens[s] - q_len .. context_lens[s] - 1``.
+    Each attends to every cached token of the sequence up to its own position; the
+    new tokens' keys and values must already be in the cache (``reshape_and_cache``),
+    so a chunked prefill is this call with an already cached prefix.
+
+    Args:
+        query: ``[num_tokens, num_heads, head_size]``, the sequences' new tokens concatenated.
+        key_cache, value_cache, block_tables: as for :func:`paged_attention`.
+        context_lens: int32 ``[num_seqs]`` tokens of each sequence, the new ones included.
+        query_start_loc: int32 ``[num_seqs + 1]`` offsets of each sequence's rows in ``query``.
+        scale, out, check: as for :func:`paged_attention` (``check`` also validates
+            ``query_start_loc``).
+
+    Returns:
+        ``[num_tokens, num_heads, head_size]`` in the dtype of ``query``.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.size(-1))
+    if check:
+        _check_block_tables("paged_prefill_attention", key_cache, block_tables, context_lens)
+        if query.device.type != "cpu":
+            _C.check_query_start_loc("paged_prefill_attention", _on_host(query_start_loc),
+                                     _on_host(context_lens), query.size(0))
+    if out is None:
+        return _ops.paged_prefill_attention(query, key_cache, value_cache, block_tables,
+                                            context_lens, query_start_loc, float(scale))
+    _ops.paged_prefill_attention_out(out, query, key_cache, value_cache, block_tables,
+                                     context_lens, query_start_loc, float(scale))
     return out
 
 
@@ -124,6 +170,18 @@ def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_l
 @torch.library.register_fake("mini_paged_attn::paged_attention_out")
 def _paged_attention_out_fake(out, query, key_cache, value_cache, block_tables, context_lens,
                               scale):
+    return None
+
+
+@torch.library.register_fake("mini_paged_attn::paged_prefill_attention")
+def _paged_prefill_attention_fake(query, key_cache, value_cache, block_tables, context_lens,
+                                  query_start_loc, scale):
+    return torch.empty_like(query)
+
+
+@torch.library.register_fake("mini_paged_attn::paged_prefill_attention_out")
+def _paged_prefill_attention_out_fake(out, query, key_cache, value_cache, block_tables,
+                                      context_lens, query_start_loc, scale):
     return None
 
 

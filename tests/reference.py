@@ -32,6 +32,32 @@ def ref_paged_attention(query, key_cache, value_cache, block_tables, context_len
     return out
 
 
+def ref_paged_prefill_attention(query, key_cache, value_cache, block_tables, context_lens,
+                                query_start_loc, scale: Optional[float] = None) -> torch.Tensor:
+    """Causal attention of each sequence's last ``q_len`` tokens in float64, the
+    whole context gathered through the block table."""
+    num_heads, head_size = query.shape[1:]
+    block_size, num_kv_heads = key_cache.size(1), key_cache.size(2)
+    group = num_heads // num_kv_heads
+    scale = 1.0 / math.sqrt(head_size) if scale is None else scale
+    out = torch.zeros(query.shape, dtype=torch.float64)
+    loc = query_start_loc.tolist()
+    for s, n in enumerate(context_lens.tolist()):
+        q_len = loc[s + 1] - loc[s]
+        if q_len == 0:
+            continue
+        pos = torch.arange(n)
+        blocks = block_tables[s].long().cpu()[pos // block_size]
+        k = key_cache.cpu()[blocks, pos % block_size].double().repeat_interleave(group, dim=1)
+        v = value_cache.cpu()[blocks, pos % block_size].double().repeat_interleave(group, dim=1)
+        q = query[loc[s]:loc[s + 1]].cpu().double()                # [q_len, heads, d]
+        scores = torch.einsum("thd,nhd->htn", q, k) * scale
+        q_pos = torch.arange(n - q_len, n)
+        scores.masked_fill_(pos[None, :] > q_pos[:, None], float("-inf"))
+        out[loc[s]:loc[s + 1]] = torch.einsum("htn,nhd->thd", torch.softmax(scores, -1), v)
+    return out
+
+
 def random_paged_kv(num_seqs: int, context_lens: List[int], num_kv_heads: int, head_size: int,
                     block_size: int, dtype: torch.dtype, device, extra_blocks: int = 3,
                     interleaved: bool = False, repeat_blocks: bool = False,

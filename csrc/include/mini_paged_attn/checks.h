@@ -31,6 +31,17 @@ PagedAttentionDims check_paged_attention(const char* op, const at::Tensor& out,
                                          const at::Tensor& block_tables,
                                          const at::Tensor& context_lens);
 
+// Paged prefill: the queries of all sequences are concatenated.
+// out, query:      [num_tokens, num_heads, head_size], last dim contiguous
+// key_cache, value_cache, block_tables, context_lens: as for paged attention,
+//                  one row per sequence; context_lens counts the new tokens too
+// query_start_loc: int32 [num_seqs + 1], contiguous; sequence s owns query rows
+//                  query_start_loc[s] .. query_start_loc[s + 1] - 1
+PagedAttentionDims check_paged_prefill_attention(
+    const char* op, const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+    const at::Tensor& value_cache, const at::Tensor& block_tables,
+    const at::Tensor& context_lens, const at::Tensor& query_start_loc);
+
 // key, value:             [num_tokens, num_kv_heads, head_size], last dim contiguous
 // key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_size]
 // slot_mapping:           int64 [num_tokens], contiguous
@@ -55,6 +66,10 @@ namespace mini_paged_attn {
 // in [0, num_blocks).
 void check_block_tables(const char* op, const at::Tensor& block_tables,
                         const at::Tensor& context_lens, int64_t num_blocks, int64_t block_size);
+// query_start_loc starts at 0, never decreases, ends at num_tokens, and no
+// sequence has more new tokens than its context_len.
+void check_query_start_loc(const char* op, const at::Tensor& query_start_loc,
+                           const at::Tensor& context_lens, int64_t num_tokens);
 // Every slot is negative (skipped) or in [0, num_slots).
 void check_slot_mapping(const char* op, const at::Tensor& slot_mapping, int64_t num_slots);
 // Every (src, dst) id is in [0, num_blocks); a dst is never another pair's

@@ -1,0 +1,291 @@
+// paged_prefill_attention on CUDA: a simple tiled kernel with float32 math on
+// the CUDA cores (the tensor-core version is a later issue).
+//
+// One thread block per (tile of kBlockQ query tokens of one sequence, query
+// head). It walks the sequence's keys in tiles of kBlockK: K and V tiles are
+// staged in shared memory, read once for all the tile's queries, and an online
+// softmax keeps one pass. kThreadsPerRow threads share a query row, each
+// holding a slice of its scores and of its output.
+//
+// Nothing here reads device data on the host, so the op can be captured in a
+// CUDA graph: the grid is sized from num_tokens and num_seqs, and each block
+// finds its (sequence, tile) from query_start_loc.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "mini_paged_attn/checks.h"
+#include "mini_paged_attn/cuda_utils.cuh"
+
+namespace mini_paged_attn::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kBlockK = 32;
+
+// Query rows per block: 64, or 32 for head sizes above 128 to fit shared memory.
+template <int HEAD_SIZE>
+struct PrefillTraits {
+  static constexpr int kBlockQ = HEAD_SIZE <= 128 ? 64 : 32;
+  static constexpr int kThreadsPerRow = kThreads / kBlockQ;
+  static constexpr int kColsPerThread = kBlockK / kThreadsPerRow;
+  static constexpr int kDimsPerThread = HEAD_SIZE / kThreadsPerRow;
+  // Rows of Q, K and P are padded by one float so that threads reading
+  // different rows at the same column hit different banks.
+  static constexpr int kQStride = HEAD_SIZE + 1;
+  static constexpr int kKStride = HEAD_SIZE + 1;
+  static constexpr int kPStride = kBlockK + 1;
+  static constexpr int kSmemFloats =
+      kBlockQ * kQStride + kBlockK * kKStride + kBlockK * HEAD_SIZE + kBlockQ * kPStride;
+  static constexpr int kSmemBytes = kSmemFloats * sizeof(float);
+};
+
+struct PrefillParams {
+  void* out;
+  const void* query;
+  const void* key_cache;
+  const void* value_cache;
+  const int32_t* block_tables;
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;
+  // Strides in elements.
+  int64_t out_token_stride, out_head_stride;
+  int64_t q_token_stride, q_head_stride;
+  int64_t k_block_stride, k_token_stride, k_head_stride;
+  int64_t v_block_stride, v_token_stride, v_head_stride;
+  int64_t block_table_stride;
+  int num_seqs, group_size, block_size;
+  float scale;
+};
+
+template <typename query_t, typename cache_t, int HEAD_SIZE>
+__global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PrefillParams p) {
+  using Tr = PrefillTraits<HEAD_SIZE>;
+  constexpr int BQ = Tr::kBlockQ, TPR = Tr::kThreadsPerRow;
+  extern __shared__ float smem[];
+  float* q_s = smem;                            // [BQ][kQStride]
+  float* k_s = q_s + BQ * Tr::kQStride;         // [kBlockK][kKStride]
+  float* v_s = k_s + kBlockK * Tr::kKStride;    // [kBlockK][HEAD_SIZE]
+  float* p_s = v_s + kBlockK * HEAD_SIZE;       // [BQ][kPStride]
+
+  // This block's (sequence, tile): tiles are numbered sequence by sequence.
+  int seq = 0, tile = blockIdx.x;
+  for (; seq < p.num_seqs; ++seq) {
+    const int q_len = p.query_start_loc[seq + 1] - p.query_start_loc[seq];
+    const int tiles = (q_len + BQ - 1) / BQ;
+    if (tile < tiles) break;
+    tile -= tiles;
+  }
+  if (seq == p.num_seqs) return;  // the grid is an upper bound on the tiles
+
+  const int head = blockIdx.y, kv_head = head / p.group_size;
+  const int first_token = p.query_start_loc[seq] + tile * BQ;
+  const int q_len = p.query_start_loc[seq + 1] - p.query_start_loc[seq];
+  const int context_len = p.context_lens[seq];
+  const int rows = min(BQ, q_len - tile * BQ);
+  const int first_pos = context_len - q_len + tile * BQ;  // position of row 0
+  const int32_t* table = p.block_tables + seq * p.block_table_stride;
+
+  const query_t* query = static_cast<const query_t*>(p.query);
+  for (int i = threadIdx.x; i < BQ * HEAD_SIZE; i += kThreads) {
+    const int r = i / HEAD_SIZE, d = i % HEAD_SIZE;
+    q_s[r * Tr::kQStride + d] =
+        r < rows ? Convert<query_t>::to_float(query[(first_token + r) * p.q_token_stride +
+                                                    head * p.q_head_stride + d]) *
+                       p.scale
+                 : 0.f;
+  }
+
+  const int row = threadIdx.x / TPR, part = threadIdx.x % TPR;
+  const int row_pos = first_pos + row;
+  float m = -INFINITY, l = 0.f;
+  float o[Tr::kDimsPerThread];
+#pragma unroll
+  for (int j = 0; j < Tr::kDimsPerThread; ++j) o[j] = 0.f;
+
+  const cache_t* kc = static_cast<const cache_t*>(p.key_cache);
+  const cache_t* vc = static_cast<const cache_t*>(p.value_cache);
+  const int end = first_pos + rows;  // the last row sees keys [0, end)
+  for (int k0 = 0; k0 < end; k0 += kBlockK) {
+    __syncthreads();  // the previous tile's K, V and P are consumed
+    for (int i = threadIdx.x; i < kBlockK * HEAD_SIZE; i += kThreads) {
+      const int c = i / HEAD_SIZE, d = i % HEAD_SIZE, pos = k0 + c;
+      float kv = 0.f, vv = 0.f;
+      // Slots at or past `end` are not read: they may be unwritten (NaN).
+      if (pos < end) {
+        const int64_t block = table[pos / p.block_size], off = pos % p.block_size;
+        kv = Convert<cache_t>::to_float(kc[block * p.k_block_stride + off * p.k_token_stride +
+                                           kv_head * p.k_head_stride + d]);
+        vv = Convert<cache_t>::to_float(vc[block * p.v_block_stride + off * p.v_token_stride +
+                                           kv_head * p.v_head_stride + d]);
+      }
+      k_s[c * Tr::kKStride + d] = kv;
+      v_s[c * HEAD_SIZE + d] = vv;
+    }
+    __syncthreads();
+
+    // Scores of this thread's columns; causal mask against the row's position.
+    float s[Tr::kColsPerThread];
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < Tr::kColsPerThread; ++j) {
+      const int c = part * Tr::kColsPerThread + j;
+      float dot = 0.f;
+#pragma unroll 8
+      for (int d = 0; d < HEAD_SIZE; ++d) {
+        dot += q_s[row * Tr::kQStride + d] * k_s[c * Tr::kKStride + d];
+      }
+      s[j] = (row < rows && k0 + c <= row_pos) ? dot : -INFINITY;
+      tile_max = fmaxf(tile_max, s[j]);
+    }
+#pragma unroll
+    for (int mask = 1; mask < TPR; mask *= 2) {
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, mask));
+    }
+    const float m_new = fmaxf(m, tile_max);
+    // A row that sees nothing yet (or a padding row) keeps m = -inf: its
+    // probabilities are 0, not exp(-inf + inf).
+    const float alpha = m_new == -INFINITY ? 1.f : __expf(m - m_new);
+    float tile_sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < Tr::kColsPerThread; ++j) {
+      const float e = s[j] == -INFINITY ? 0.f : __expf(s[j] - m_new);
+      p_s[row * Tr::kPStride + part * Tr::kColsPerThread + j] = e;
+      tile_sum += e;
+    }
+#pragma unroll
+    for (int mask = 1; mask < TPR; mask *= 2) {
+      tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, mask);
+    }
+    l = l * alpha + tile_sum;
+    m = m_new;
+    __syncthreads();  // P of the whole row is written by its TPR threads
+
+    // O += P V over this thread's slice of dimensions.
+#pragma unroll
+    for (int j = 0; j < Tr::kDimsPerThread; ++j) o[j] *= alpha;
+    for (int c = 0; c < kBlockK; ++c) {
+      const float pc = p_s[row * Tr::kPStride + c];
+      const float* v = v_s + c * HEAD_SIZE + part * Tr::kDimsPerThread;
+#pragma unroll
+      for (int j = 0; j < Tr::kDimsPerThread; ++j) o[j] += pc * v[j];
+    }
+  }
+
+  if (row < rows) {
+    // Every real row sees key 0, so l > 0.
+    const float inv = 1.f / l;
+    query_t* out = static_cast<query_t*>(p.out) + (first_token + row) * p.out_token_stride +
+                   head * p.out_head_stride + part * Tr::kDimsPerThread;
+#pragma unroll
+    for (int j = 0; j < Tr::kDimsPerThread; ++j) {
+      out[j] = Convert<query_t>::from_float(o[j] * inv);
+    }
+  }
+}
+
+template <typename query_t, typename cache_t, int HEAD_SIZE>
+void launch_prefill(const PrefillParams& p, int64_t num_tokens, int64_t num_heads,
+                    cudaStream_t stream) {
+  using Tr = PrefillTraits<HEAD_SIZE>;
+  auto kernel = paged_prefill_kernel<query_t, cache_t, HEAD_SIZE>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Tr::kSmemBytes));
+  // Every sequence wastes at most one partial tile.
+  const int64_t max_tiles = (num_tokens + Tr::kBlockQ - 1) / Tr::kBlockQ + p.num_seqs;
+  TORCH_CHECK(max_tiles < (int64_t{1} << 31) && num_heads < 65536,
+              "paged_prefill_attention: too many tokens or heads");
+  const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(num_heads));
+  kernel<<<grid, kThreads, Tr::kSmemBytes, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename query_t, typename cache_t>
+void dispatch_head_size(int64_t head_size, const PrefillParams& p, int64_t num_tokens,
+                        int64_t num_heads, cudaStream_t stream) {
+  switch (head_size) {
+    case 64: launch_prefill<query_t, cache_t, 64>(p, num_tokens, num_heads, stream); break;
+    case 80: launch_prefill<query_t, cache_t, 80>(p, num_tokens, num_heads, stream); break;
+    case 96: launch_prefill<query_t, cache_t, 96>(p, num_tokens, num_heads, stream); break;
+    case 128: launch_prefill<query_t, cache_t, 128>(p, num_tokens, num_heads, stream); break;
+    case 256: launch_prefill<query_t, cache_t, 256>(p, num_tokens, num_heads, stream); break;
+    default:
+      TORCH_CHECK(false, "Unsupported head_size ", head_size,
+                  " for CUDA paged_prefill_attention (supported: 64, 80, 96, 128, 256)");
+  }
+}
+
+// Query is either the cache dtype or float32 (with a 16-bit cache).
+template <typename cache_t>
+void dispatch_query(at::ScalarType query_dtype, int64_t head_size, const PrefillParams& p,
+                    int64_t num_tokens, int64_t num_heads, cudaStream_t stream) {
+  if (query_dtype == at::kFloat) {
+    dispatch_head_size<float, cache_t>(head_size, p, num_tokens, num_heads, stream);
+  } else {
+    dispatch_head_size<cache_t, cache_t>(head_size, p, num_tokens, num_heads, stream);
+  }
+}
+
+void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
+                                 const at::Tensor& key_cache, const at::Tensor& value_cache,
+                                 const at::Tensor& block_tables, const at::Tensor& context_lens,
+                                 const at::Tensor& query_start_loc, double scale) {
+  const char* op = "paged_prefill_attention";
+  const PagedAttentionDims d = check_paged_prefill_attention(
+      op, out, query, key_cache, value_cache, block_tables, context_lens, query_start_loc);
+  TORCH_CHECK_VALUE(d.max_blocks_per_seq * d.block_size < (int64_t{1} << 30), op,
+                    ": block_tables allows more tokens a sequence than supported");
+  const int64_t num_tokens = query.size(0);
+  if (num_tokens == 0 || d.num_seqs == 0) return;
+
+  const c10::cuda::CUDAGuard guard(query.device());
+  PrefillParams p{};
+  p.out = out.data_ptr();
+  p.query = query.data_ptr();
+  p.key_cache = key_cache.data_ptr();
+  p.value_cache = value_cache.data_ptr();
+  p.block_tables = block_tables.data_ptr<int32_t>();
+  p.context_lens = context_lens.data_ptr<int32_t>();
+  p.query_start_loc = query_start_loc.data_ptr<int32_t>();
+  p.out_token_stride = out.stride(0);
+  p.out_head_stride = out.stride(1);
+  p.q_token_stride = query.stride(0);
+  p.q_head_stride = query.stride(1);
+  p.k_block_stride = key_cache.stride(0);
+  p.k_token_stride = key_cache.stride(1);
+  p.k_head_stride = key_cache.stride(2);
+  p.v_block_stride = value_cache.stride(0);
+  p.v_token_stride = value_cache.stride(1);
+  p.v_head_stride = value_cache.stride(2);
+  p.block_table_stride = block_tables.stride(0);
+  p.num_seqs = static_cast<int>(d.num_seqs);
+  p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
+  p.block_size = static_cast<int>(d.block_size);
+  p.scale = static_cast<float>(scale);
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(query.get_device()).stream();
+  switch (key_cache.scalar_type()) {
+    case at::kHalf:
+      dispatch_query<__half>(query.scalar_type(), d.head_size, p, num_tokens, d.num_heads, stream);
+      break;
+    case at::kBFloat16:
+      dispatch_query<__nv_bfloat16>(query.scalar_type(), d.head_size, p, num_tokens, d.num_heads,
+                                    stream);
+      break;
+    case at::kFloat:
+      dispatch_head_size<float, float>(d.head_size, p, num_tokens, d.num_heads, stream);
+      break;
+    default:
+      TORCH_CHECK(false, "Unsupported cache dtype ", key_cache.scalar_type(),
+                  " for CUDA paged_prefill_attention");
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mini_paged_attn, CUDA, m) {
+  m.impl("paged_prefill_attention_out", &paged_prefill_attention_out);
+}
+
+}  // namespace mini_paged_attn::cuda

@@ -1,0 +1,145 @@
+"""paged_prefill_attention against a float64 reference, on every available device:
+random shapes, GQA, partial and shuffled blocks, NaN in unused slots, and
+chunked prefill (a prefix already cached, only the last tokens queried)."""
+import random
+
+import pytest
+import torch
+
+from mini_paged_attn import ops
+from reference import random_paged_kv, ref_paged_prefill_attention, rel_err
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _case(seed, device, dtype, num_heads, num_kv_heads, head_size, block_size, lens, q_lens,
+          interleaved=True, repeat_blocks=False):
+    g = torch.Generator().manual_seed(seed)
+    k, v, tables, ctx = random_paged_kv(len(lens), lens, num_kv_heads, head_size, block_size,
+                                        dtype, device, interleaved=interleaved,
+                                        repeat_blocks=repeat_blocks, generator=g)
+    loc = torch.tensor([0] + q_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    q = torch.randn(sum(q_lens), num_heads, head_size, generator=g).to(dtype).to(device)
+    return q, k, v, tables, ctx, loc.to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (12, 4), (8, 1)], ids=str)
+@pytest.mark.parametrize("head_size", [64, 80, 128])
+@pytest.mark.parametrize("block_size", [1, 16, 32])
+def test_prefill_matches_reference(device, dtype, heads, head_size, block_size):
+    num_heads, num_kv_heads = heads
+    rng = random.Random(hash((str(dtype), heads, head_size, block_size)))
+    # A whole prompt, a chunk after a cached prefix, one token, no token, and
+    # partial last blocks.
+    lens = [rng.randint(1, 90), rng.randint(40, 200), block_size + 1, rng.randint(1, 50),
+            rng.randint(2, 70)]
+    q_lens = [lens[0], rng.randint(2, 39), 1, 0, lens[4] - 1]
+    order = list(range(len(lens)))
+    rng.shuffle(order)
+    lens, q_lens = [lens[i] for i in order], [q_lens[i] for i in order]
+    q, k, v, tables, ctx, loc = _case(rng.randrange(1 << 30), device, dtype, num_heads,
+                                      num_kv_heads, head_size, block_size, lens, q_lens,
+                                      interleaved=rng.random() < 0.5,
+                                      repeat_blocks=rng.random() < 0.5)
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    ref = ref_paged_prefill_attention(q, k, v, tables, ctx, loc)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert not out.isnan().any(), "NaN from an unused slot leaked into the output"
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
+def test_float32_query_with_half_cache(device, cache_dtype):
+    q, k, v, tables, ctx, loc = _case(5, device, cache_dtype, 8, 2, 64, 16, [40, 70], [40, 9])
+    q = q.float()
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    assert out.dtype == torch.float32
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < 1e-5
+
+
+def test_long_prompt_and_scale_and_out(device):
+    q, k, v, tables, ctx, loc = _case(1, device, torch.float32, 8, 2, 64, 16, [700, 300],
+                                      [650, 300])
+    out = torch.full_like(q, float("nan"))
+    res = ops.paged_prefill_attention(q, k, v, tables, ctx, loc, scale=0.3, out=out)
+    assert res is out
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc, scale=0.3)) < 1e-5
+
+
+def test_one_token_queries_equal_decode(device):
+    # A prefill of one new token per sequence is decode attention.
+    q, k, v, tables, ctx, loc = _case(2, device, torch.float32, 8, 2, 64, 16, [33, 5, 80],
+                                      [1, 1, 1])
+    prefill = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    decode = ops.paged_attention(q, k, v, tables, ctx)
+    assert rel_err(prefill, decode.double().cpu()) < 1e-5
+
+
+def test_chunks_equal_whole_prompt(device):
+    # Attending chunk by chunk over a growing cached prefix gives the rows of
+    # one whole-prompt call.
+    q, k, v, tables, ctx, loc = _case(3, device, torch.float32, 4, 2, 64, 8, [57], [57])
+    whole = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    for start, end in [(0, 20), (20, 21), (21, 57)]:
+        chunk_loc = torch.tensor([0, end - start], dtype=torch.int32, device=device)
+        chunk_ctx = torch.tensor([end], dtype=torch.int32, device=device)
+        part = ops.paged_prefill_attention(q[start:end], k, v, tables, chunk_ctx, chunk_loc)
+        assert rel_err(part, whole[start:end].double().cpu()) < 1e-6
+
+
+def _valid(device):
+    return _case(4, device, torch.float32, 8, 2, 64, 16, [20, 9], [5, 9])
+
+
+def _set(name, index, value):
+    return lambda a: a[name].__setitem__(index, value)
+
+
+@pytest.mark.parametrize("mutate,exc,name", [
+    (lambda a: a.update(query=a["query"][0]), ValueError, "query"),
+    (lambda a: a.update(query=a["query"].double()), TypeError, "query"),
+    (lambda a: a.update(query=a["query"][:, :5]), ValueError, "num_heads"),
+    (lambda a: a.update(key_cache=a["key_cache"].half()), TypeError, "key_cache"),
+    (lambda a: a.update(block_tables=a["block_tables"][:1]), ValueError, "block_tables"),
+    (lambda a: a.update(context_lens=a["context_lens"].long()), TypeError, "context_lens"),
+    (lambda a: a.update(query_start_loc=a["query_start_loc"].long()), TypeError,
+     "query_start_loc"),
+    (lambda a: a.update(query_start_loc=a["query_start_loc"][:2]), ValueError,
+     "query_start_loc"),
+    (_set("query_start_loc", 0, 1), ValueError, "query_start_loc"),
+    (_set("query_start_loc", 1, 15), ValueError, "query_start_loc"),
+    (_set("query_start_loc", 2, 13), ValueError, "query_start_loc"),
+    (_set("context_lens", 1, 8), ValueError, "context_lens"),
+    (_set("block_tables", (0, 0), 10**6), IndexError, "block_tables"),
+    (lambda a: a.update(out=torch.full((14, 8, 32), 7.0, device=a["query"].device)),
+     ValueError, "out"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input(device, mutate, exc, name):
+    q, k, v, tables, ctx, loc = _valid(device)
+    args = dict(query=q, key_cache=k, value_cache=v, block_tables=tables, context_lens=ctx,
+                query_start_loc=loc)
+    mutate(args)
+    args.setdefault("out", torch.full_like(args["query"], 7.0))
+    out_before = args["out"].clone()
+    with pytest.raises(exc, match=name):
+        ops.paged_prefill_attention(**args)
+    assert torch.equal(args["out"], out_before)
+
+
+def test_opcheck_and_compile(device):
+    q, k, v, tables, ctx, loc = _valid(device)
+    # opcheck compares outputs across runs, and NaN never equals itself.
+    k, v = k.nan_to_num(), v.nan_to_num()
+    lib = torch.ops.mini_paged_attn
+    torch.library.opcheck(lib.paged_prefill_attention.default,
+                          (q, k, v, tables, ctx, loc, 0.125))
+    torch.library.opcheck(lib.paged_prefill_attention_out.default,
+                          (torch.empty_like(q), q, k, v, tables, ctx, loc, 0.125))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(q):
+        return ops.paged_prefill_attention(q * 2, k, v, tables, ctx, loc, check=False) + 1
+
+    expected = ops.paged_prefill_attention(q * 2, k, v, tables, ctx, loc) + 1
+    assert torch.allclose(step(q), expected)
