@@ -1,0 +1,97 @@
+"""ModelConfig: the Llama architecture's hyper-parameters, read from a Hugging
+Face ``config.json`` (transformers 4 or 5 layout) with no transformers import."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+import torch
+
+_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # {"rope_type": "linear", "factor": ...} or {"rope_type": "llama3", ...}; None: plain RoPE.
+    rope_scaling: Optional[Dict[str, Any]] = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    eos_token_id: List[int] = field(default_factory=list)
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a "
+                             f"multiple of num_key_value_heads ({self.num_key_value_heads})")
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in _ROPE_TYPES:
+            raise ValueError(f"rope_scaling rope_type {rope_type!r} is not supported "
+                             f"(supported: {', '.join(_ROPE_TYPES)})")
+        if isinstance(self.eos_token_id, int):
+            self.eos_token_id = [self.eos_token_id]
+        if isinstance(self.dtype, str):
+            self.dtype = getattr(torch, self.dtype)
+        if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype}")
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        """From the keys of a Hugging Face Llama ``config.json``; unknown keys are ignored."""
+        d = dict(d)
+        if d.get("model_type", "llama") not in ("llama", "mistral", "qwen2"):
+            raise ValueError(f"model_type {d['model_type']!r} is not a Llama-architecture model")
+        # transformers 5 folds rope_theta and rope_scaling into rope_parameters.
+        rope = d.pop("rope_parameters", None)
+        if rope is not None:
+            rope = dict(rope)
+            d.setdefault("rope_theta", rope.pop("rope_theta", 10000.0))
+            d.setdefault("rope_scaling", rope if rope.get("rope_type", "default") != "default"
+                         else None)
+        scaling = d.get("rope_scaling")
+        if scaling is not None and "type" in scaling and "rope_type" not in scaling:
+            d["rope_scaling"] = {**scaling, "rope_type": scaling["type"]}
+        d["dtype"] = d.get("dtype") or d.get("torch_dtype") or "float32"
+        d["eos_token_id"] = d.get("eos_token_id") or []
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str) -> "ModelConfig":
+        path = os.path.join(model_dir, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model_dir {model_dir!r} has no config.json")
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A small random-initialised default that runs anywhere in seconds."""
+        base = dict(vocab_size=1024, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                    max_position_embeddings=2048)
+        return cls(**{**base, **overrides})

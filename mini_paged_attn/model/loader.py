@@ -1,0 +1,84 @@
+"""Builds a model from a local Hugging Face checkpoint directory: ``config.json``
+and ``*.safetensors`` weights. Nothing is downloaded; transformers is not used."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Dict, Optional, Set, Tuple, Union
+
+import torch
+
+from .config import ModelConfig
+from .llama import LlamaForCausalLM, MergedLinear
+
+# Checkpoint projection -> (fused module, index of its rows in output_sizes).
+_FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+          "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+_FUSED_NAME = re.compile(r"^(.*)\.(" + "|".join(_FUSED) + r")\.(weight|bias)$")
+
+
+def _target(model: LlamaForCausalLM, name: str) -> Tuple[str, Optional[slice]]:
+    """Parameter name in ``model`` and the rows a checkpoint tensor fills."""
+    m = _FUSED_NAME.match(name)
+    if m is None:
+        return name, None
+    prefix, proj, kind = m.groups()
+    fused, index = _FUSED[proj]
+    try:
+        module = model.get_submodule(f"{prefix}.{fused}")
+    except AttributeError:
+        return name, None  # not the model's: reported as unexpected
+    assert isinstance(module, MergedLinear)
+    start = sum(module.output_sizes[:index])
+    return f"{prefix}.{fused}.{kind}", slice(start, start + module.output_sizes[index])
+
+
+def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
+    """Copies every tensor of ``model_dir/*.safetensors`` into ``model``;
+    ``ValueError`` naming the tensors that are missing, unexpected or misshapen."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise ImportError("loading *.safetensors weights needs the safetensors package "
+                          "(pip install safetensors)") from e
+    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"model_dir {model_dir!r} has no *.safetensors file")
+    params: Dict[str, torch.Tensor] = dict(model.named_parameters())
+    filled: Dict[str, int] = {}
+    unexpected: Set[str] = set()
+    tied = model.config.tie_word_embeddings
+    with torch.no_grad():
+        for path in files:
+            for name, tensor in load_file(path).items():
+                if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
+                    continue  # recomputed, or shared with embed_tokens
+                target, rows = _target(model, name)
+                if target not in params:
+                    unexpected.add(name)
+                    continue
+                dst = params[target] if rows is None else params[target][rows]
+                if dst.shape != tensor.shape:
+                    raise ValueError(f"{name} in {path} has shape {tuple(tensor.shape)}, the model "
+                                     f"expects {tuple(dst.shape)}")
+                dst.copy_(tensor)
+                filled[target] = filled.get(target, 0) + dst.numel()
+    missing = sorted(n for n, p in params.items() if filled.get(n, 0) != p.numel()
+                     and not (tied and n == "lm_head.weight"))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint in {model_dir!r} does not match the model: missing "
+                         f"{missing or 'none'}, unexpected {sorted(unexpected) or 'none'}")
+
+
+def load_model(model: Union[str, ModelConfig], device: Union[str, torch.device] = "cpu",
+               dtype: Optional[torch.dtype] = None, seed: int = 0) -> LlamaForCausalLM:
+    """A checkpoint directory's model, or a random-initialised one for a config."""
+    config = ModelConfig.from_pretrained(model) if isinstance(model, str) else model
+    # Built in float32 on the host, then cast and moved once.
+    llm = LlamaForCausalLM(config)
+    if isinstance(model, str):
+        load_weights(llm, model)
+    else:
+        llm.init_random_weights(seed)
+    return llm.to(device=device, dtype=dtype or config.dtype).eval()
