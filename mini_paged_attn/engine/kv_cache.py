@@ -1,0 +1,91 @@
+"""KVCache: the K/V tensors of every layer of a model, and which cache slots
+each sequence owns. Two layouts share this interface: :class:`PagedKVCache`
+(blocks from a shared pool, shared between sequences) and
+:class:`SlottedKVCache` (one contiguous slot of ``max_cache_len`` tokens per
+sequence, InfiniLM's static mode)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import List
+
+import torch
+
+from ..attention import PagedAttention
+
+
+class KVCache(ABC):
+    """Subclasses set ``key_caches`` / ``value_caches`` (one
+    ``[num_blocks, block_size, num_kv_heads, head_size]`` view per layer),
+    ``block_table`` (int32 ``[rows, max_blocks_per_seq]``, host) and
+    ``num_blocks`` / ``block_size`` and ``max_seq_len`` (the most tokens one
+    sequence can hold). Sequences are ``Sequence`` objects; every
+    method that fails raises with nothing changed."""
+
+    key_caches: List[torch.Tensor]
+    value_caches: List[torch.Tensor]
+    block_table: torch.Tensor
+    block_size: int
+    num_blocks: int
+    max_seq_len: int
+
+    def bind(self, layers: List[PagedAttention]) -> None:
+        """Hands each attention layer its cache views."""
+        if len(layers) != len(self.key_caches):
+            raise ValueError(f"the model has {len(layers)} attention layers but the cache was "
+                             f"built for {len(self.key_caches)}")
+        for layer, k, v in zip(layers, self.key_caches, self.value_caches):
+            layer.bind_kv_cache(k, v)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes the K/V tensors take."""
+        k = self.key_caches[0]
+        return 2 * len(self.key_caches) * self.num_blocks * self.block_size * k[0, 0].numel() \
+            * k.element_size()
+
+    # -- sequences --------------------------------------------------------------------
+    @abstractmethod
+    def can_add(self, seq) -> bool:
+        """Whether ``seq`` (with all its tokens) can be added now."""
+
+    @abstractmethod
+    def add(self, seq) -> int:
+        """Gives ``seq`` slots for all its tokens; returns how many leading ones
+        already hold their K/V (prefix cache), to skip computing."""
+
+    @abstractmethod
+    def can_append(self, seq) -> bool:
+        """Whether ``seq`` can get a slot for one more token."""
+
+    @abstractmethod
+    def append(self, seq) -> None:
+        """A slot for the last token of ``seq`` (copying a shared block first)."""
+
+    @abstractmethod
+    def fork(self, parent, child) -> None:
+        """``child`` gets ``parent``'s K/V (shared where the layout allows)."""
+
+    @abstractmethod
+    def free(self, seq) -> None:
+        """Releases every slot of ``seq``."""
+
+    def mark_written(self, seq, start: int, num_tokens: int) -> None:
+        """Positions ``start .. start + num_tokens - 1`` of ``seq`` now hold K/V."""
+
+    @abstractmethod
+    def row_of(self, seq) -> int:
+        """The row of ``block_table`` that holds ``seq``."""
+
+    @abstractmethod
+    def slot_mapping(self, seq, start: int, num_tokens: int) -> torch.Tensor:
+        """int64 slots of positions ``start .. start + num_tokens - 1``."""
+
+    # -- statistics -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def num_used_blocks(self) -> int:
+        """Blocks that hold some sequence's tokens (reserved, from the pool's view)."""
+
+    def num_logical_blocks(self, seqs) -> int:
+        """Blocks ``seqs`` would use if none were shared."""
+        return sum(-(-s.num_slots // self.block_size) for s in seqs)

@@ -1,0 +1,152 @@
+"""LLMEngine: requests in, one continuous-batching step at a time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import FrozenSet, List, Optional
+
+import torch
+
+from ..model.llama import LlamaForCausalLM
+from ..sampling_params import SamplingParams
+from .kv_cache import KVCache
+from .model_runner import ModelRunner
+from .request import Request
+from .sampler import Sampler, make_generator
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+
+@dataclass
+class CacheStats:
+    """Per-step samples of the cache, summed (divide by ``steps`` for means)."""
+    steps: int = 0
+    used_blocks: int = 0       # blocks reserved for live sequences
+    logical_blocks: int = 0    # blocks they would take with no sharing
+    stored_tokens: int = 0     # tokens with a slot
+    peak_used_blocks: int = 0
+    peak_saved_blocks: int = 0
+
+
+class LLMEngine:
+    """Owns a model, its KV cache, a :class:`Scheduler`, a :class:`ModelRunner`
+    and a :class:`Sampler`. ``add_request`` queues a prompt; each ``step`` runs
+    one batch and returns the requests it finished."""
+
+    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_num_seqs: int,
+                 max_num_batched_tokens: int, max_model_len: int, seed: int = 0):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.kv_cache = kv_cache
+        self.max_model_len = max_model_len
+        self.scheduler = Scheduler(kv_cache, max_num_seqs, max_num_batched_tokens)
+        self.runner = ModelRunner(model, kv_cache, self.device)
+        self.sampler = Sampler()
+        # Unseeded requests draw from this stream, so a whole run is reproducible.
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.eos_token_ids: FrozenSet[int] = frozenset(model.config.eos_token_id)
+        self.cache_stats = CacheStats()
+        self.num_generated_tokens = 0
+        self._next_request_id = 0
+        self._next_seq_id = 0
+
+    def new_seq_id(self) -> int:
+        self._next_seq_id += 1
+        return self._next_seq_id - 1
+
+    def add_request(self, prompt_token_ids: List[int], sampling_params: Optional[SamplingParams],
+                    max_tokens: Optional[int] = None,
+                    stop_token_ids: Optional[FrozenSet[int]] = None,
+                    num_seqs: Optional[int] = None) -> Request:
+        """Queues a prompt. With ``sampling_params`` the engine samples its
+        tokens; without (beam search), ``max_tokens``, ``stop_token_ids`` and
+        ``num_seqs`` are given and the caller picks tokens from ``seq.logprobs``."""
+        vocab = self.model.config.vocab_size
+        if (not isinstance(prompt_token_ids, (list, tuple)) or not prompt_token_ids
+                or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_token_ids)):
+            raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})")
+        if sampling_params is not None:
+            p = sampling_params
+            max_tokens, num_seqs = p.max_tokens, p.n
+            stop_token_ids = frozenset(p.stop_token_ids) | (
+                frozenset() if p.ignore_eos else self.eos_token_ids)
+        if len(prompt_token_ids) + max_tokens > self.max_model_len:
+            raise ValueError(f"prompt of {len(prompt_token_ids)} tokens + max_tokens={max_tokens} "
+                             f"exceeds max_model_len={self.max_model_len}")
+        if num_seqs > self.scheduler.max_num_seqs:
+            raise ValueError(f"a request of {num_seqs} sequences exceeds max_num_seqs="
+                             f"{self.scheduler.max_num_seqs}")
+        request = Request(self._next_request_id, list(prompt_token_ids), sampling_params,
+                          max_tokens, stop_token_ids, num_seqs)
+        self._next_request_id += 1
+        request.seqs.append(Sequence(self.new_seq_id(), request, request.prompt_token_ids, 0,
+                                     self._generator(request, 0)))
+        self.scheduler.add(request.seqs[0])
+        return request
+
+    def _generator(self, request: Request, index: int) -> Optional[torch.Generator]:
+        seed = request.sampling_params.seed if request.sampling_params else None
+        return None if seed is None else make_generator(seed, index, self.device)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def step(self) -> List[Request]:
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            raise RuntimeError(
+                f"no sequence can run: the KV cache ({self.kv_cache.num_blocks} blocks of "
+                f"{self.kv_cache.block_size} tokens) cannot hold the next waiting sequence "
+                f"while the running ones keep theirs; give it more memory")
+        due, logits = self.runner.execute(scheduled)
+        for seq, n in scheduled:
+            self.kv_cache.mark_written(seq, seq.num_computed_tokens, n)
+            seq.num_computed_tokens += n
+        self._record_cache_stats()
+        sampled = [i for i, seq in enumerate(due) if seq.request.sampling_params is not None]
+        for i, seq in enumerate(due):
+            if seq.request.sampling_params is None:
+                seq.logprobs = torch.log_softmax(logits[i], dim=-1)
+        return self._sample(due, logits, sampled)
+
+    def _sample(self, due: List[Sequence], logits: torch.Tensor,
+                sampled: List[int]) -> List[Request]:
+        rows, targets = [], []
+        for i in sampled:
+            seq = due[i]
+            request = seq.request
+            targets.append(seq)
+            rows.append(i)
+            if not request.forked:
+                # The prompt is computed once; the other samples fork from it.
+                for j in range(1, request.num_seqs):
+                    child = seq.fork(self.new_seq_id(), j, self._generator(request, j))
+                    request.seqs.append(child)
+                    self.scheduler.add_fork(seq, child)
+                    targets.append(child)
+                    rows.append(i)
+        if not targets:
+            return []
+        tokens, logprobs = self.sampler(
+            logits[rows], [s.request.sampling_params for s in targets],
+            [s.generator or self.generator for s in targets])
+        finished = []
+        for seq, token, logprob in zip(targets, tokens, logprobs):
+            seq.append_token(token, logprob)
+            self.num_generated_tokens += 1
+            if seq.request.check_stop(seq):
+                self.scheduler.finish(seq)
+                if seq.request.finished:
+                    finished.append(seq.request)
+        return finished
+
+    def _record_cache_stats(self) -> None:
+        s, running = self.cache_stats, self.scheduler.running
+        used = self.kv_cache.num_used_blocks
+        logical = self.kv_cache.num_logical_blocks(running)
+        s.steps += 1
+        s.used_blocks += used
+        s.logical_blocks += logical
+        s.stored_tokens += sum(seq.num_slots for seq in running)
+        s.peak_used_blocks = max(s.peak_used_blocks, used)
+        s.peak_saved_blocks = max(s.peak_saved_blocks, logical - used)

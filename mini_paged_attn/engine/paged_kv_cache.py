@@ -1,0 +1,76 @@
+"""PagedKVCache: every layer's K/V in blocks drawn from one pool, with the
+block tables of issue 4 (``BlockTables``: fork, copy-on-write, prefix cache)."""
+from __future__ import annotations
+
+import torch
+
+from .._C import PagedKVCacheConfig
+from ..block_manager import BlockManager
+from ..block_tables import BlockTables
+from ..config import num_blocks_for
+from ..ops import copy_blocks
+from .kv_cache import KVCache
+
+
+class PagedKVCache(KVCache):
+    """``[num_layers, 2, num_blocks, block_size, num_kv_heads, head_size]``, as
+    many blocks as ``config.max_kv_memory_bytes()`` holds. A block holds the
+    same token positions in every layer, so one block table serves them all and
+    a copy-on-write copies the block in every layer."""
+
+    def __init__(self, config: PagedKVCacheConfig, num_layers: int, num_kv_heads: int,
+                 head_size: int, dtype: torch.dtype, device: torch.device, max_num_seqs: int,
+                 max_model_len: int):
+        self.block_size = config.block_size()
+        self.num_blocks = num_blocks_for(config, num_kv_heads, head_size, dtype, num_layers)
+        self.block_manager = BlockManager(self.num_blocks)
+        max_blocks_per_seq = min(-(-max_model_len // self.block_size), self.num_blocks)
+        self.max_seq_len = max_blocks_per_seq * self.block_size
+        self.tables = BlockTables(self.block_manager, max_num_seqs, max_blocks_per_seq,
+                                  self.block_size)
+        self.block_table = self.tables.block_table
+        self.kv = torch.zeros(num_layers, 2, self.num_blocks, self.block_size, num_kv_heads,
+                              head_size, dtype=dtype, device=device)
+        self.key_caches = list(self.kv[:, 0])
+        self.value_caches = list(self.kv[:, 1])
+
+    def _copy(self, block_mapping: torch.Tensor) -> None:
+        if block_mapping.numel():
+            copy_blocks(self.key_caches, self.value_caches, block_mapping.to(self.kv.device))
+
+    def can_add(self, seq) -> bool:
+        return self.tables.can_allocate(num_tokens=seq.num_tokens)
+
+    def add(self, seq) -> int:
+        num_cached = self.tables.add_sequence(seq.seq_id, seq.num_tokens, seq.token_ids)
+        seq.num_slots = seq.num_tokens
+        return num_cached
+
+    def can_append(self, seq) -> bool:
+        return self.tables.can_allocate(seq.seq_id, 1)
+
+    def append(self, seq) -> None:
+        _, block_mapping = self.tables.append_slots(seq.seq_id, 1, seq.token_ids[-1:])
+        self._copy(block_mapping)
+        seq.num_slots += 1
+
+    def fork(self, parent, child) -> None:
+        self.tables.fork(parent.seq_id, child.seq_id)
+
+    def free(self, seq) -> None:
+        self.tables.free_sequence(seq.seq_id)
+        seq.num_slots = 0
+
+    def mark_written(self, seq, start: int, num_tokens: int) -> None:
+        self.tables.mark_written(seq.seq_id, start, num_tokens)
+
+    def row_of(self, seq) -> int:
+        return self.tables.row_of(seq.seq_id)
+
+    def slot_mapping(self, seq, start: int, num_tokens: int) -> torch.Tensor:
+        return self.tables.slot_mapping(seq.seq_id, start, num_tokens)
+
+    @property
+    def num_used_blocks(self) -> int:
+        # Evictable prefix-cache blocks count as free: any allocation may take them.
+        return self.num_blocks - self.block_manager.num_free_blocks

@@ -1,0 +1,139 @@
+"""Scheduler: continuous batching over a waiting and a running queue."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Tuple
+
+from .kv_cache import KVCache
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class SchedulerStats:
+    num_preemptions: int = 0
+    peak_running: int = 0
+    prompt_tokens: int = 0        # tokens admitted (prompts, and recomputed tokens)
+    cached_tokens: int = 0        # of those, served by the prefix cache
+
+
+class Scheduler:
+    """Picks each step's work: which sequences run and how many of their
+    uncomputed tokens (a whole prompt, a chunk of it, or one decode token).
+
+    Every step, running sequences (oldest first) get their tokens within the
+    token budget ``max_num_batched_tokens``; a long prompt gets what is left of
+    the budget and continues in the next steps (chunked prefill). A sequence
+    that needs a slot for its new token when no block is free preempts the
+    newest running sequence (by recompute: its blocks are freed and it goes
+    back to the front of the waiting queue with every token it has; it is
+    computed again, helped by the prefix cache). Then, unless something was
+    preempted, waiting sequences are admitted in order while the budget, the
+    ``max_num_seqs`` rows and the cache allow; a prompt's prefix found in the
+    prefix cache is not computed again.
+    """
+
+    def __init__(self, kv_cache: KVCache, max_num_seqs: int, max_num_batched_tokens: int):
+        self.kv_cache = kv_cache
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: Deque[Sequence] = deque()
+        self.running: List[Sequence] = []
+        self.stats = SchedulerStats()
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _seats_in_use(self) -> int:
+        # An admitted request keeps a row for every sequence it may still run,
+        # so its forks (samples, beams) always find one.
+        requests: Dict[int, int] = {seq.request.request_id: seq.request.open_seats
+                                    for seq in self.running}
+        return sum(requests.values())
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.kv_cache.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_computed_tokens = 0
+        seq.logprobs = None
+        self.waiting.appendleft(seq)
+        self.stats.num_preemptions += 1
+
+    def _admit(self, seq: Sequence) -> None:
+        num_cached = self.kv_cache.add(seq)
+        seq.num_computed_tokens = num_cached
+        seq.num_cached_tokens = num_cached
+        if seq.request.num_cached_tokens is None:
+            seq.request.num_cached_tokens = num_cached
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        self.stats.prompt_tokens += seq.num_tokens
+        self.stats.cached_tokens += num_cached
+
+    def schedule(self) -> List[Tuple[Sequence, int]]:
+        """``(sequence, number of its next uncomputed tokens to compute)`` pairs."""
+        budget = self.max_num_batched_tokens
+        scheduled: List[Tuple[Sequence, int]] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if num_new == 0:  # a beam waiting for its siblings
+                i += 1
+                continue
+            if seq.num_slots < seq.num_tokens:
+                while not self.kv_cache.can_append(seq):
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is seq:
+                        break
+                if seq.status != SequenceStatus.RUNNING:
+                    break
+                self.kv_cache.append(seq)
+            scheduled.append((seq, num_new))
+            budget -= num_new
+            i += 1
+
+        seats = self._seats_in_use()
+        while self.waiting and budget > 0 and not preempted:
+            seq = self.waiting[0]
+            # A request already admitted holds this sequence's seat.
+            extra = 0 if any(s.status == SequenceStatus.RUNNING for s in seq.request.seqs) \
+                else seq.request.open_seats
+            if seats + extra > self.max_num_seqs or not self.kv_cache.can_add(seq):
+                break
+            self.waiting.popleft()
+            self._admit(seq)
+            seats += extra
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            scheduled.append((seq, num_new))
+            budget -= num_new
+        self.stats.peak_running = max(self.stats.peak_running, len(self.running))
+        return scheduled
+
+    def finish(self, seq: Sequence) -> None:
+        """Frees a finished running sequence's slots at once."""
+        self.running.remove(seq)
+        self.kv_cache.free(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def drop(self, seq: Sequence) -> None:
+        """Removes a sequence that will not continue (a pruned beam)."""
+        if seq.status == SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.kv_cache.free(seq)
+        elif seq.status == SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def add_fork(self, parent: Sequence, child: Sequence) -> None:
+        """Runs ``child``, a fork of the running ``parent``, sharing its cache."""
+        self.kv_cache.fork(parent, child)
+        self.running.append(child)

@@ -1,0 +1,106 @@
+"""LLM: the offline-inference entry point, ``LLM(...).generate(prompts, params)``."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ._C import PagedKVCacheConfig, StaticKVCacheConfig
+from .engine.beam_search import beam_search
+from .engine.kv_cache import KVCache
+from .engine.llm_engine import LLMEngine
+from .engine.paged_kv_cache import PagedKVCache
+from .engine.slotted_kv_cache import SlottedKVCache
+from .model.config import ModelConfig
+from .model.loader import load_model
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+DEFAULT_KV_MEMORY_BYTES = 256 * 2**20
+
+
+class LLM:
+    """A Llama-architecture model served with continuous batching.
+
+    Args:
+        model: a local Hugging Face checkpoint directory (``config.json`` and
+            ``*.safetensors``), or a :class:`ModelConfig` for random weights
+            (``ModelConfig.tiny()`` when None).
+        cache_config: ``PagedKVCacheConfig`` (a byte budget cut into shared
+            blocks; 256 MiB by default) or ``StaticKVCacheConfig`` (one
+            contiguous slot of ``max_cache_len`` tokens per sequence).
+        device: "cuda" when available, else "cpu", by default.
+        dtype: the model's and cache's dtype (the checkpoint's by default).
+        max_num_seqs: sequences running at once.
+        max_num_batched_tokens: tokens computed per step; longer prompts are
+            prefilled in chunks.
+        max_model_len: longest prompt + output (the model's context by default).
+        seed: seed of random weights and of unseeded sampling.
+    """
+
+    def __init__(self, model: Union[str, ModelConfig, None] = None,
+                 cache_config: Union[PagedKVCacheConfig, StaticKVCacheConfig, None] = None, *,
+                 device: Union[str, torch.device, None] = None,
+                 dtype: Optional[torch.dtype] = None, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 2048, max_model_len: Optional[int] = None,
+                 seed: int = 0):
+        for name, value in (("max_num_seqs", max_num_seqs),
+                            ("max_num_batched_tokens", max_num_batched_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        self.model = load_model(ModelConfig.tiny() if model is None else model, device, dtype,
+                                seed)
+        config = self.model.config
+        max_model_len = min(max_model_len or config.max_position_embeddings,
+                            config.max_position_embeddings)
+        cache_config = cache_config or PagedKVCacheConfig(DEFAULT_KV_MEMORY_BYTES)
+        dims = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
+                next(self.model.parameters()).dtype, device)
+        kv_cache: KVCache
+        if isinstance(cache_config, PagedKVCacheConfig):
+            kv_cache = PagedKVCache(cache_config, *dims, max_num_seqs, max_model_len)
+        elif isinstance(cache_config, StaticKVCacheConfig):
+            kv_cache = SlottedKVCache(cache_config, *dims, max_model_len)
+            max_num_seqs = min(max_num_seqs, cache_config.max_batch_size())
+        else:
+            raise TypeError(f"cache_config must be a PagedKVCacheConfig or StaticKVCacheConfig, "
+                            f"got {type(cache_config).__name__}")
+        self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
+                                min(max_model_len, kv_cache.max_seq_len), seed)
+
+    def generate(self, prompts: Union[List[int], Sequence[List[int]]],
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
+                 ) -> List[RequestOutput]:
+        """Completes every prompt (a list of token ids, or a list of them); one
+        ``RequestOutput`` per prompt, in order, ``outputs[j].token_ids`` holding
+        sample ``j``'s generated ids."""
+        if prompts and isinstance(prompts[0], int):
+            prompts = [prompts]
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} "
+                             f"prompts")
+        requests = [self.engine.add_request(list(p), sp)
+                    for p, sp in zip(prompts, sampling_params)]
+        while self.engine.has_unfinished:
+            self.engine.step()
+        return [r.output() for r in requests]
+
+    def beam_search(self, prompt: List[int], beam_width: int, max_tokens: int,
+                    length_penalty: float = 1.0, ignore_eos: bool = False) -> RequestOutput:
+        """The ``beam_width`` best continuations of ``prompt`` (token ids), best
+        first in ``outputs``, scored as transformers' beam search scores them."""
+        for name, value in (("beam_width", beam_width), ("max_tokens", max_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.engine.has_unfinished:
+            raise RuntimeError("beam_search needs an idle engine")
+        stop = frozenset() if ignore_eos else self.engine.eos_token_ids
+        return beam_search(self.engine, list(prompt), beam_width, max_tokens,
+                           float(length_penalty), stop)

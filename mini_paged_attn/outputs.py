@@ -1,0 +1,29 @@
+"""What ``LLM.generate`` and ``LLM.beam_search`` return (vLLM's shapes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+
+@dataclass
+class CompletionOutput:
+    """One completion: ``token_ids`` are the generated ids only (a stop id that
+    ended it included); ``finish_reason`` is "stop" or "length"."""
+
+    index: int
+    token_ids: List[int]
+    cumulative_logprob: float
+    finish_reason: Optional[str]
+
+
+@dataclass
+class RequestOutput:
+    """The completions of one prompt, ``outputs[j]`` for sample or beam ``j``
+    (beams best first); ``num_cached_tokens`` of the prompt came from the prefix
+    cache."""
+
+    request_id: int
+    prompt_token_ids: List[int]
+    outputs: List[CompletionOutput]
+    finished: bool
+    num_cached_tokens: int = 0
