@@ -69,7 +69,13 @@ def beam_search(engine: LLMEngine, prompt: List[int], beam_width: int, max_token
 def _advance(engine: LLMEngine, request, beams: List[Sequence],
              chosen: List[Tuple[Sequence, int, float]]) -> List[Sequence]:
     """The next beams: a parent chosen k times continues itself and k - 1
-    forks (sharing its blocks); a parent not chosen is dropped."""
+    forks (sharing its blocks); a parent not chosen is dropped first, so the
+    forks find free rows."""
+    chosen_ids = {parent.seq_id for parent, _, _ in chosen}
+    for seq in beams:
+        if seq.seq_id not in chosen_ids:
+            engine.scheduler.drop(seq)
+            request.seqs.remove(seq)
     next_beams: List[Sequence] = []
     continued = set()
     for parent, _, _ in chosen:
@@ -81,10 +87,6 @@ def _advance(engine: LLMEngine, request, beams: List[Sequence],
         else:
             continued.add(parent.seq_id)
             next_beams.append(parent)
-    for seq in beams:
-        if seq.seq_id not in continued:
-            engine.scheduler.drop(seq)
-            request.seqs.remove(seq)
     for seq, (_, token, score) in zip(next_beams, chosen):
         seq.token_ids.append(token)
         seq.cumulative_logprob = score

@@ -15,6 +15,7 @@ class SchedulerStats:
     peak_running: int = 0
     prompt_tokens: int = 0        # tokens admitted (prompts, and recomputed tokens)
     cached_tokens: int = 0        # of those, served by the prefix cache
+    num_partial_prefills: int = 0  # prompt chunks that left part of the prompt for later
 
 
 class Scheduler:
@@ -97,8 +98,7 @@ class Scheduler:
                 if seq.status != SequenceStatus.RUNNING:
                     break
                 self.kv_cache.append(seq)
-            scheduled.append((seq, num_new))
-            budget -= num_new
+            budget = self._take(scheduled, seq, num_new, budget)
             i += 1
 
         seats = self._seats_in_use()
@@ -112,11 +112,16 @@ class Scheduler:
             self.waiting.popleft()
             self._admit(seq)
             seats += extra
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            scheduled.append((seq, num_new))
-            budget -= num_new
+            budget = self._take(scheduled, seq, min(seq.num_uncomputed_tokens, budget), budget)
         self.stats.peak_running = max(self.stats.peak_running, len(self.running))
         return scheduled
+
+    def _take(self, scheduled: List[Tuple[Sequence, int]], seq: Sequence, num_new: int,
+              budget: int) -> int:
+        scheduled.append((seq, num_new))
+        if num_new < seq.num_uncomputed_tokens:
+            self.stats.num_partial_prefills += 1
+        return budget - num_new
 
     def finish(self, seq: Sequence) -> None:
         """Frees a finished running sequence's slots at once."""
