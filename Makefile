@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: all build test demo bench bench-blocks clean
+.PHONY: all build test demo bench bench-blocks bench-engine clean
 
 all: test
 
@@ -37,6 +37,9 @@ bench: build
 
 bench-blocks: build
 	$(PY) benchmarks/bench_block_manager.py $(ARGS)
+
+bench-engine: build
+	$(PY) benchmarks/bench_engine.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info mini_paged_attn/*.so

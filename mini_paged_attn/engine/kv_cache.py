@@ -89,3 +89,7 @@ class KVCache(ABC):
     def num_logical_blocks(self, seqs) -> int:
         """Blocks ``seqs`` would use if none were shared."""
         return sum(-(-s.num_slots // self.block_size) for s in seqs)
+
+    def num_unused_slots(self, seqs) -> int:
+        """Slots reserved for ``seqs`` that hold no token: the rest of each last block."""
+        return sum(-s.num_slots % self.block_size for s in seqs)

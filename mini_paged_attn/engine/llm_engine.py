@@ -22,7 +22,7 @@ class CacheStats:
     steps: int = 0
     used_blocks: int = 0       # blocks reserved for live sequences
     logical_blocks: int = 0    # blocks they would take with no sharing
-    stored_tokens: int = 0     # tokens with a slot
+    unused_slots: int = 0      # reserved token slots that hold no token
     peak_used_blocks: int = 0
     peak_saved_blocks: int = 0
 
@@ -147,6 +147,6 @@ class LLMEngine:
         s.steps += 1
         s.used_blocks += used
         s.logical_blocks += logical
-        s.stored_tokens += sum(seq.num_slots for seq in running)
+        s.unused_slots += self.kv_cache.num_unused_slots(running)
         s.peak_used_blocks = max(s.peak_used_blocks, used)
         s.peak_saved_blocks = max(s.peak_saved_blocks, logical - used)

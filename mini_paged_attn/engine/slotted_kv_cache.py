@@ -69,6 +69,9 @@ class SlottedKVCache(KVCache):
     def slot_mapping(self, seq, start: int, num_tokens: int) -> torch.Tensor:
         return self.slots.slot_mapping(seq.seq_id, start, num_tokens)
 
+    def num_unused_slots(self, seqs) -> int:
+        return sum(self.max_seq_len - s.num_slots for s in seqs)
+
     @property
     def num_used_blocks(self) -> int:
         return self._num_live * self.slots.blocks_per_slot
