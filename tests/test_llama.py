@@ -1,0 +1,113 @@
+"""The Llama model (config, rotary embeddings, loader) against transformers'
+LlamaForCausalLM: same logits for the same checkpoint, float32 on the CPU."""
+import json
+
+import pytest
+import torch
+
+from mini_paged_attn import AttentionMetadata
+from mini_paged_attn.model import ModelConfig, load_model
+from mini_paged_attn.model.rotary import inv_frequencies
+
+transformers = pytest.importorskip("transformers")
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def _save(tmp_path, **overrides):
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512)
+    config = transformers.LlamaConfig(**{**kwargs, **overrides})
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # biases are zero at init: make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def _logits(model, prompts, block_size=8):
+    """Prefills ``prompts`` as one batch through a fresh paged cache."""
+    cfg = model.config
+    for layer in model.attention_layers():
+        cache = torch.full((64, block_size, cfg.num_key_value_heads, cfg.head_dim), float("nan"))
+        layer.bind_kv_cache(cache, cache.clone())
+    tables, slots, start = [], [], 0
+    for p in prompts:
+        n = -(-len(p) // block_size)
+        tables.append(list(range(start, start + n))[::-1])  # blocks in reverse order
+        slots += [tables[-1][i // block_size] * block_size + i % block_size for i in range(len(p))]
+        start += n
+    lens = [len(p) for p in prompts]
+    metadata = AttentionMetadata.build(lens, lens, tables, slots)
+    ids = torch.tensor(sum(prompts, []))
+    positions = torch.cat([torch.arange(n) for n in lens])
+    with torch.no_grad():
+        return model.compute_logits(model(ids, positions, metadata)).split(lens)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"rope_scaling": LLAMA3_SCALING, "rope_theta": 500000.0, "tie_word_embeddings": True},
+    {"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "attention_bias": True,
+     "mlp_bias": True, "num_key_value_heads": 4},
+], ids=["plain", "llama3-rope-tied", "linear-rope-bias-mha"])
+def test_logits_match_transformers(tmp_path, overrides):
+    hf = _save(tmp_path, **overrides)
+    model = load_model(str(tmp_path))
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 128, (n,), generator=g).tolist() for n in (3, 70, 17)]
+    for p, logits in zip(prompts, _logits(model, prompts)):
+        with torch.no_grad():
+            ref = hf(torch.tensor([p])).logits[0]
+        assert torch.allclose(logits, ref, atol=1e-5), (logits - ref).abs().max()
+
+
+def test_config_from_transformers_4_layout():
+    config = ModelConfig.from_dict({
+        "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "rope_theta": 1e6,
+        "rope_scaling": {"type": "linear", "factor": 4.0}, "torch_dtype": "bfloat16",
+        "eos_token_id": 3, "unknown_key": 1})
+    assert config.rope_theta == 1e6 and config.rope_scaling["rope_type"] == "linear"
+    assert config.head_dim == 8 and config.num_key_value_heads == 2
+    assert config.dtype == torch.bfloat16 and config.eos_token_id == [3]
+    assert torch.allclose(inv_frequencies(8, 1e6, config.rope_scaling),
+                          inv_frequencies(8, 1e6) / 4)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(hidden_act="gelu"), "hidden_act"),
+    (dict(num_key_value_heads=3), "num_key_value_heads"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope_type"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(model_type="gpt2"), "model_type"),
+])
+def test_config_errors(change, match):
+    base = dict(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+                num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_dict({**base, **change})
+
+
+def test_loader_reports_mismatched_checkpoints(tmp_path):
+    _save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="missing.*layers.2"):
+        load_model(str(tmp_path))
+    config["num_hidden_layers"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unexpected.*layers.1"):
+        load_model(str(tmp_path))
+    config["intermediate_size"] = 64
+    config["num_hidden_layers"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="shape"):
+        load_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(str(tmp_path / "nowhere"))
