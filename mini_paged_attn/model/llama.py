@@ -9,7 +9,7 @@ the loader maps checkpoint names onto them.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 from ..attention import PagedAttention
 from ..attention_metadata import AttentionMetadata
 from .config import ModelConfig
-from .rotary import RotaryEmbedding
+from .rotary import RotaryEmbedding, apply_rotary
 
 
 class MergedLinear(nn.Linear):
@@ -53,17 +53,15 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size],
                                      bias=config.attention_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, config.max_position_embeddings,
-                                          config.rope_theta, config.rope_scaling)
         self.attn = PagedAttention(self.num_heads, self.head_dim, self.num_kv_heads)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+    def forward(self, rotary: Tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary_emb(positions, q, k)
+        q, k = apply_rotary(q, k, *rotary)
         out = self.attn(q, k, v, metadata)
         return self.o_proj(out.view(-1, self.num_heads * self.head_dim))
 
@@ -88,9 +86,9 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor,
+    def forward(self, rotary: Tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), metadata)
+        x = x + self.self_attn(rotary, self.input_layernorm(x), metadata)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -101,12 +99,17 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config)
                                     for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # One table for all layers, looked up once per step.
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.max_position_embeddings,
+                                          config.rope_theta, config.rope_scaling)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(positions)
+        rotary = (cos.to(x.dtype), sin.to(x.dtype))
         for layer in self.layers:
-            x = layer(positions, x, metadata)
+            x = layer(rotary, x, metadata)
         return self.norm(x)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,8 +33,9 @@ def inv_frequencies(head_dim: int, rope_theta: float,
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotates queries and keys by their token positions, from a cos/sin table
-    computed once for ``max_position`` positions."""
+    """The cos/sin table of ``max_position`` positions, computed once; calling it
+    gives the rows of a batch's positions, which every layer then applies with
+    :func:`apply_rotary`."""
 
     def __init__(self, head_dim: int, max_position: int, rope_theta: float,
                  rope_scaling: Optional[Dict[str, Any]] = None):
@@ -45,17 +46,19 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    def forward(self, positions: torch.Tensor, query: torch.Tensor,
-                key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``positions`` int64 ``[num_tokens]``, each below ``max_position`` (the
-        caller's to ensure: checking here would synchronise a GPU every layer);
-        ``query``/``key`` ``[num_tokens, heads, head_dim]``."""
-        cos = self.cos[positions].to(query.dtype)[:, None, :]
-        sin = self.sin[positions].to(query.dtype)[:, None, :]
-        return (query * cos + self._rotate_half(query) * sin,
-                key * cos + self._rotate_half(key) * sin)
+        caller's to ensure: checking here would synchronise a GPU); returns cos
+        and sin ``[num_tokens, 1, head_dim]``."""
+        return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rotates ``[num_tokens, heads, head_dim]`` queries and keys."""
+    return query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
