@@ -32,6 +32,16 @@ def _check_block_tables(op, key_cache, block_tables, context_lens) -> None:
                               key_cache.size(0), key_cache.size(1))
 
 
+def _attend(op: str, out: Optional[torch.Tensor], query: torch.Tensor, scale: Optional[float],
+            *inputs: torch.Tensor) -> torch.Tensor:
+    """Calls ``op(query, *inputs, scale)``, or ``op_out(out, query, *inputs, scale)``."""
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    if out is None:
+        return getattr(_ops, op)(query, *inputs, scale)
+    getattr(_ops, op + "_out")(out, query, *inputs, scale)
+    return out
+
+
 def paged_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -57,16 +67,10 @@ def paged_attention(
     Returns:
         ``[num_seqs, num_heads, head_size]`` in the dtype of ``query``.
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.size(-1))
     if check:
         _check_block_tables("paged_attention", key_cache, block_tables, context_lens)
-    if out is None:
-        return _ops.paged_attention(query, key_cache, value_cache, block_tables, context_lens,
-                                    float(scale))
-    _ops.paged_attention_out(out, query, key_cache, value_cache, block_tables, context_lens,
-                             float(scale))
-    return out
+    return _attend("paged_attention", out, query, scale, key_cache, value_cache, block_tables,
+                   context_lens)
 
 
 def paged_prefill_attention(
@@ -99,19 +103,13 @@ def paged_prefill_attention(
     Returns:
         ``[num_tokens, num_heads, head_size]`` in the dtype of ``query``.
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.size(-1))
     if check:
         _check_block_tables("paged_prefill_attention", key_cache, block_tables, context_lens)
         if query.device.type != "cpu":
             _C.check_query_start_loc("paged_prefill_attention", _on_host(query_start_loc),
                                      _on_host(context_lens), query.size(0))
-    if out is None:
-        return _ops.paged_prefill_attention(query, key_cache, value_cache, block_tables,
-                                            context_lens, query_start_loc, float(scale))
-    _ops.paged_prefill_attention_out(out, query, key_cache, value_cache, block_tables,
-                                     context_lens, query_start_loc, float(scale))
-    return out
+    return _attend("paged_prefill_attention", out, query, scale, key_cache, value_cache,
+                   block_tables, context_lens, query_start_loc)
 
 
 def paged_attention_v1(
