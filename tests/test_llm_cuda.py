@@ -1,0 +1,73 @@
+"""The engine on a GPU (skipped without one): the CUDA prefill and decode
+kernels inside the whole serving loop, against transformers on the same GPU."""
+import pytest
+import torch
+
+from mini_paged_attn import LLM, PagedKVCacheConfig, SamplingParams, StaticKVCacheConfig
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    torch.manual_seed(0)
+    # head_dim 64: a size the CUDA kernels are compiled for.
+    config = transformers.LlamaConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+        bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    path = tmp_path_factory.mktemp("llama_cuda")
+    model.save_pretrained(path)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 512, (n,), generator=g).tolist() for n in (1, 9, 40, 77, 130)]
+    return str(path), model.cuda(), prompts
+
+
+def _greedy(model, prompt):
+    out = model.generate(torch.tensor([prompt], device="cuda"), do_sample=False,
+                         max_new_tokens=MAX_TOKENS, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("cache", ["paged", "paged-preempt-chunked", "static"])
+def test_greedy_float32_matches_transformers(hf, cache):
+    path, model, prompts = hf
+    bytes_per_block = 16 * 2 * 3 * 2 * 64 * 4
+    config, budget = {
+        "paged": (PagedKVCacheConfig(256 * bytes_per_block), 2048),
+        "paged-preempt-chunked": (PagedKVCacheConfig(14 * bytes_per_block), 32),
+        "static": (StaticKVCacheConfig(2, 160), 2048),
+    }[cache]
+    llm = LLM(path, config, device="cuda", dtype=torch.float32, max_num_batched_tokens=budget)
+    outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
+    assert [o.outputs[0].token_ids for o in outputs] == [_greedy(model, p) for p in prompts]
+    if cache == "paged-preempt-chunked":
+        stats = llm.engine.scheduler.stats
+        assert stats.num_preemptions > 0 and stats.num_partial_prefills > 0
+
+
+def test_beam_search_float32_matches_transformers(hf):
+    path, model, prompts = hf
+    prompt, width = prompts[2], 4
+    ref = model.generate(torch.tensor([prompt], device="cuda"), num_beams=width,
+                         num_return_sequences=width, do_sample=False, max_new_tokens=12,
+                         length_penalty=0.0, pad_token_id=0)
+    llm = LLM(path, device="cuda", dtype=torch.float32)
+    out = llm.beam_search(prompt, width, 12, length_penalty=0.0)
+    assert [o.token_ids for o in out.outputs] == [s[len(prompt):].tolist() for s in ref]
+
+
+def test_bfloat16_sampling_runs_and_is_reproducible(hf):
+    path, _, prompts = hf
+    llm = LLM(path, device="cuda", dtype=torch.bfloat16)
+    params = SamplingParams(temperature=0.9, top_p=0.9, n=3, seed=5, max_tokens=16)
+    a = llm.generate(prompts, params)
+    b = llm.generate(prompts[::-1], params)[::-1]
+    assert [[o.token_ids for o in r.outputs] for r in a] == \
+        [[o.token_ids for o in r.outputs] for r in b]
+    assert all(len(o.token_ids) == 16 for r in a for o in r.outputs)
+    assert llm.engine.kv_cache.num_used_blocks == 0
