@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="default: float32 on the CPU, bfloat16 on the GPU")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads: the tiny model's matrices gain nothing from more, and "
+                        "spinning OpenMP threads crawl when the cores are shared")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -151,6 +154,8 @@ def run(args) -> Tuple[Dict[str, float], Dict[str, float]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     print(f"mini_paged_attn demo: {args.num_requests} requests on {args.device}, "
           f"{args.kv_memory_mb} MiB of KV cache, model {args.model or 'tiny (random weights)'}")
     paged, static = run(args)
