@@ -86,8 +86,15 @@ class LLM:
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} "
                              f"prompts")
-        requests = [self.engine.add_request(list(p), sp)
-                    for p, sp in zip(prompts, sampling_params)]
+        requests = []
+        try:
+            for p, sp in zip(prompts, sampling_params):
+                requests.append(self.engine.add_request(list(p), sp))
+        except Exception:
+            # All or nothing: a bad prompt leaves no earlier one queued.
+            for request in requests:
+                self.engine.abort(request)
+            raise
         while self.engine.has_unfinished:
             self.engine.step()
         return [r.output() for r in requests]

@@ -186,7 +186,7 @@ def test_bad_arguments(hf):
         LLM(path, device="cpu", max_num_seqs=0)
     llm = LLM(path, PagedKVCacheConfig(64 * BLOCK_BYTES, BLOCK), device="cpu")
     with pytest.raises(ValueError, match="prompt"):
-        llm.generate([[1, 2, 256]])
+        llm.generate([[1, 2], [1, 2, 256]])
     with pytest.raises(ValueError, match="prompt"):
         llm.generate([[]])
     with pytest.raises(ValueError, match="max_model_len"):

@@ -21,10 +21,9 @@ class CacheStats:
     """Per-step samples of the cache, summed (divide by ``steps`` for means)."""
     steps: int = 0
     used_blocks: int = 0       # blocks reserved for live sequences
-    logical_blocks: int = 0    # blocks they would take with no sharing
     unused_slots: int = 0      # reserved token slots that hold no token
     peak_used_blocks: int = 0
-    peak_saved_blocks: int = 0
+    peak_saved_blocks: int = 0  # blocks the live sequences would add with no sharing
 
 
 class LLMEngine:
@@ -87,6 +86,11 @@ class LLMEngine:
         seed = request.sampling_params.seed if request.sampling_params else None
         return None if seed is None else make_generator(seed, index, self.device)
 
+    def abort(self, request: Request) -> None:
+        """Stops a request: its sequences leave the queues and free their slots."""
+        for seq in request.seqs:
+            self.scheduler.drop(seq)
+
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
@@ -146,7 +150,6 @@ class LLMEngine:
         logical = self.kv_cache.num_logical_blocks(running)
         s.steps += 1
         s.used_blocks += used
-        s.logical_blocks += logical
         s.unused_slots += self.kv_cache.num_unused_slots(running)
         s.peak_used_blocks = max(s.peak_used_blocks, used)
         s.peak_saved_blocks = max(s.peak_saved_blocks, logical - used)

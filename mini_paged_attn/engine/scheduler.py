@@ -12,7 +12,6 @@ from .sequence import Sequence, SequenceStatus
 @dataclass
 class SchedulerStats:
     num_preemptions: int = 0
-    peak_running: int = 0
     prompt_tokens: int = 0        # tokens admitted (prompts, and recomputed tokens)
     cached_tokens: int = 0        # of those, served by the prefix cache
     num_partial_prefills: int = 0  # prompt chunks that left part of the prompt for later
@@ -113,7 +112,6 @@ class Scheduler:
             self._admit(seq)
             seats += extra
             budget = self._take(scheduled, seq, min(seq.num_uncomputed_tokens, budget), budget)
-        self.stats.peak_running = max(self.stats.peak_running, len(self.running))
         return scheduled
 
     def _take(self, scheduled: List[Tuple[Sequence, int]], seq: Sequence, num_new: int,
