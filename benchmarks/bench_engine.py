@@ -54,6 +54,8 @@ def parse_args(argv=None):
                    help="engine KV budget (default: 0.25 on the CPU, 16 on the GPU)")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for both systems (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
@@ -130,6 +132,8 @@ def main(argv=None) -> Dict:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA GPU")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype] if args.dtype else (
         torch.float32 if args.device == "cpu" else torch.bfloat16)
     with tempfile.TemporaryDirectory() as path:
