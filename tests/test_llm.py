@@ -65,6 +65,19 @@ def test_greedy_paged(hf):
     assert llm.engine.kv_cache.num_used_blocks == 0, "finished requests keep blocks"
 
 
+@pytest.mark.parametrize("cache", ["paged", "static"])
+def test_greedy_forks_stay_exact(hf, cache):
+    # n greedy samples fork after the prompt and write their own tokens into
+    # shared blocks (copy-on-write when paged, a slot copy when static): each
+    # must still be transformers' greedy continuation.
+    path, _, prompts, refs = hf
+    config = PagedKVCacheConfig(256 * BLOCK_BYTES, BLOCK) if cache == "paged" \
+        else StaticKVCacheConfig(6, 80)
+    llm = LLM(path, config, device="cpu")
+    outputs = llm.generate(prompts, SamplingParams(temperature=0, n=3, max_tokens=MAX_TOKENS))
+    assert [[o.token_ids for o in r.outputs] for r in outputs] == [[ref] * 3 for ref in refs]
+
+
 def test_greedy_static(hf):
     path, _, prompts, refs = hf
     llm = LLM(path, StaticKVCacheConfig(3, 80), device="cpu")
