@@ -174,6 +174,27 @@ def test_paged_attention_split_boundaries(context):
     run_and_check([context], 8, 1, 64, 16, torch.float32, torch.bfloat16, max_blocks=1024)
 
 
+def test_paged_attention_split_merge_repeats():
+    """The last block of each split row merges and resets its arrival counter: every
+    launch merges (launches with other grids in between), with identical results."""
+    torch.manual_seed(13)
+    key_cache, value_cache, tables, lens = make_paged([20000, 3000, 0], 4, 128, 16,
+                                                      torch.bfloat16)
+    query = torch.randn(3, 16, 128, device=DEV, dtype=torch.bfloat16)
+    other = make_paged([9000], 1, 64, 16, torch.float16)
+    other_query = torch.randn(1, 8, 64, device=DEV, dtype=torch.float16)
+    first = None
+    for _ in range(4):
+        ops.paged_attention(other_query, *other)
+        out = torch.full_like(query, float("nan"))
+        ops.paged_attention(query, key_cache, value_cache, tables, lens, out=out)
+        if first is None:
+            ref = ref_attention(query, key_cache, value_cache, tables, lens)
+            assert rel_err(out, ref) < TOL[torch.bfloat16]
+            first = out
+        assert torch.equal(out, first)
+
+
 def test_paged_attention_functional_form():
     torch.manual_seed(5)
     key_cache, value_cache, tables, lens = make_paged([10, 3000], 2, 64, 32, torch.float16)

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 
@@ -18,7 +19,6 @@ namespace mini_paged_attn::cuda {
 namespace {
 
 constexpr int kMinSplitTokens = 256;  // shorter splits cost more in prologue and merge than they gain
-constexpr int kMergeThreads = 128;
 
 int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
@@ -36,20 +36,32 @@ void check_cache_alignment(const char* op, const char* name, const at::Tensor& c
 
 // Splits the context when the (sequence, kv head) blocks cannot fill the GPU.
 // Decided from shapes only (max_context is the block-table capacity), never
-// from context_lens, so nothing synchronises.
+// from context_lens, so nothing synchronises. A split launch needs one arrival
+// counter per block row, and the merging block keeps max_splits weights a head.
 struct SplitPlan {
   int split_len;
   int num_splits;
 };
 
-SplitPlan plan_splits(int64_t blocks_per_split, int max_context, int slots, int block_tokens) {
+SplitPlan plan_splits(int64_t blocks_per_split, int max_context, int slots, int block_tokens,
+                      int max_splits) {
   const int whole = std::max(block_tokens, ceil_div(std::max(max_context, 1), block_tokens) *
                                                block_tokens);
-  if (blocks_per_split >= slots) return {whole, 1};
-  const int64_t want = slots / blocks_per_split;  // splits that make about one full wave
+  if (blocks_per_split >= std::min(slots, kSplitCounters)) return {whole, 1};
+  // Splits that make about one full wave.
+  const int64_t want = std::min<int64_t>(slots / blocks_per_split, max_splits);
   int split_len = ceil_div(ceil_div(max_context, want), block_tokens) * block_tokens;
   split_len = std::min(whole, std::max(split_len, kMinSplitTokens));
   return {split_len, ceil_div(std::max(max_context, 1), split_len)};
+}
+
+// The first of n arrival counters for one split launch. Launches take their
+// ranges round robin, so launches in flight together (on different streams) do
+// not share counters unless kSplitCounters are taken in between.
+int take_split_counters(int n) {
+  static std::atomic<int64_t> next{0};
+  const int base = static_cast<int>(next.fetch_add(n) % kSplitCounters);
+  return base + n <= kSplitCounters ? base : 0;
 }
 
 template <typename query_t, typename cache_t, int HEAD_SIZE>
@@ -69,7 +81,8 @@ void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seq
   const int64_t blocks = static_cast<int64_t>(num_seqs) * p.num_kv_heads * p.head_chunks;
   TORCH_CHECK(blocks < (int64_t{1} << 31), "paged_attention: too many sequences and heads");
   const SplitPlan plan =
-      plan_splits(blocks, p.max_context, num_sms(device) * blocks_per_sm, Tr::kBlockTokens);
+      plan_splits(blocks, p.max_context, num_sms(device) * blocks_per_sm, Tr::kBlockTokens,
+                  Tr::kMaxSplits);
   p.split_len = plan.split_len;
   p.num_splits = plan.num_splits;
 
@@ -82,21 +95,12 @@ void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seq
     p.tmp_out = tmp_out.data_ptr<float>();
     p.max_logits = max_logits.data_ptr<float>();
     p.exp_sums = exp_sums.data_ptr<float>();
+    p.counter_base = take_split_counters(static_cast<int>(blocks));
   }
 
   const dim3 grid(static_cast<unsigned>(blocks), plan.num_splits);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  if (plan.num_splits > 1) {
-    const dim3 merge_grid(p.num_heads, num_seqs);
-    paged_attention_merge_kernel<query_t>
-        <<<merge_grid, kMergeThreads, plan.num_splits * sizeof(float), stream>>>(
-            static_cast<query_t*>(p.out), p.tmp_out, p.max_logits, p.exp_sums, p.context_lens,
-            p.out_seq_stride, p.out_head_stride, HEAD_SIZE, plan.num_splits, plan.split_len,
-            p.max_context);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
 }
 
 template <typename query_t, typename cache_t>

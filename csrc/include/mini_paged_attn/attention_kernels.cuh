@@ -4,9 +4,10 @@
 // context split). Its warps stream disjoint 16-token tiles of K and V through
 // their own cp.async pipelines in shared memory, so each K/V page is read from
 // memory once per block, whatever the number of query heads it serves. Each
-// warp keeps an online softmax of its own; the warps are merged at the end, and
-// the splits of a sequence (when the batch cannot fill the GPU) by
-// paged_attention_merge_kernel.
+// warp keeps an online softmax of its own; the warps are merged at the end. When
+// the batch cannot fill the GPU the context is split too: each split writes a
+// partial result, and the last block of a (sequence, kv_head, group) to finish
+// merges them, in the same launch.
 //
 // Scores and the weighted sum of V run on mma.sync m16n8k16 with fp32
 // accumulators. Query heads fill rows 0-7 of the A operand and the rounding
@@ -22,6 +23,13 @@
 #include "mini_paged_attn/cuda_utils.cuh"
 
 namespace mini_paged_attn::cuda {
+
+// Arrival counters of split launches, one per (sequence, kv_head, group) of a
+// launch. Zero at module load (PTX zero-fills .global variables), and every
+// launch leaves them at zero (the merging block resets its counter), so there is
+// nothing to allocate or clear per call and CUDA-graph replays start from zero.
+constexpr int kSplitCounters = 1 << 16;
+__device__ unsigned int split_arrivals[kSplitCounters];
 
 // Everything one launch of the decode kernel needs. Strides are in elements.
 struct PagedAttentionParams {
@@ -46,6 +54,7 @@ struct PagedAttentionParams {
   int max_context;  // max_blocks_per_seq * block_size: contexts are clamped to it
   int split_len;    // tokens per split, a multiple of the block's tile
   int num_splits;
+  int counter_base;  // this launch's range of split_arrivals starts here (num_splits > 1)
   float scale_log2;  // softmax scale * log2(e): the kernel works with exp2
 };
 
@@ -78,6 +87,10 @@ struct AttnTraits {
   static constexpr int kMergeBytes = kWarps * kHeads * (HEAD_SIZE + 2) * 4;
   static constexpr int kSmemBytes =
       kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
+  // The block that merges the splits keeps their weights, [kHeads][num_splits],
+  // and kHeads inverse sums in the pipeline buffers.
+  static constexpr int kMaxSplits =
+      (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes) / (4 * kHeads) - 1;
   static_assert(HEAD_SIZE % 16 == 0, "head_size must be a multiple of 16");
   static_assert(kChunks % 2 == 0, "a 16-token tile must split evenly over 32 lanes");
 };
@@ -145,8 +158,8 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const int context_len = min(context_len_raw, p.max_context);
   query_t* out = static_cast<query_t*>(p.out) + seq * p.out_seq_stride;
   if (start >= context_len) {
-    // Empty split: the merge kernel ignores it; without splits the output is zero.
-    if (p.num_splits == 1) {
+    // Empty split: the merge ignores it; an empty context has a zero output.
+    if (split == 0) {
       for (int i = threadIdx.x; i < num_q * D; i += Tr::kThreads) {
         out[(head0 + i / D) * p.out_head_stride + i % D] = Convert<query_t>::from_float(0.f);
       }
@@ -154,6 +167,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     return;
   }
   const int end = min(context_len, start + p.split_len);
+  const int used_splits = (context_len + p.split_len - 1) / p.split_len;  // non-empty ones
   const int num_tiles = (end - start + kTile - 1) / kTile;
   const int my_tiles = warp < num_tiles ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
 
@@ -354,7 +368,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       acc += f * merge_o[(w * Tr::kHeads + g) * D + d];
     }
     const int head = head0 + g;
-    if (p.num_splits == 1) {
+    if (used_splits == 1) {
       out[head * p.out_head_stride + d] = Convert<query_t>::from_float(acc / l_all);
     } else {
       const int64_t row = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split;
@@ -365,59 +379,80 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       }
     }
   }
+  if (used_splits == 1) return;
+
+  // The last block of this (sequence, kv_head, group) to arrive merges the
+  // splits. Every thread's partial writes precede the barrier, and thread 0's
+  // fence orders them (cumulatively) before its arrival; the last arrival's
+  // fence orders the other blocks' partials before the reads below, which go
+  // to L2 (ld.cg) since other SMs wrote them.
+  __shared__ bool merge_here;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned int* counter = split_arrivals + p.counter_base + blockIdx.x;
+    __threadfence();
+    const bool last = atomicAdd(counter, 1u) == static_cast<unsigned int>(used_splits - 1);
+    if (last) {
+      *counter = 0u;  // every arrival is in: leave it at zero for the next launch
+      __threadfence();
+    }
+    merge_here = last;
+  }
+  __syncthreads();
+  if (!merge_here) return;
+
+  // Split weights exp2(m_s - max m) * l_s, one warp per head; the warp merge
+  // buffers are free again after the barriers above.
+  float* weights = reinterpret_cast<float*>(pipe_smem);      // [kHeads][num_splits]
+  float* inv_total = weights + Tr::kHeads * p.num_splits;  // [kHeads]
+  const int64_t head_row0 = static_cast<int64_t>(seq) * p.num_heads + head0;
+  for (int g = warp; g < num_q; g += kWarps) {
+    const float* ml = p.max_logits + (head_row0 + g) * p.num_splits;
+    const float* es = p.exp_sums + (head_row0 + g) * p.num_splits;
+    float m_all = -INFINITY;
+    for (int s = lane; s < used_splits; s += 32) m_all = fmaxf(m_all, __ldcg(ml + s));
+#pragma unroll
+    for (int mask = 16; mask > 0; mask /= 2) {
+      m_all = fmaxf(m_all, __shfl_xor_sync(kFull, m_all, mask));
+    }
+    float total = 0.f;
+    for (int s = lane; s < used_splits; s += 32) {
+      const float w = exp2f(__ldcg(ml + s) - m_all) * __ldcg(es + s);
+      weights[g * p.num_splits + s] = w;
+      total += w;
+    }
+#pragma unroll
+    for (int mask = 16; mask > 0; mask /= 2) total += __shfl_xor_sync(kFull, total, mask);
+    if (lane == 0) inv_total[g] = 1.f / total;
+  }
+  __syncthreads();
+
+  // Four output elements a thread, with 16-byte loads of the split outputs, so
+  // that many loads are in flight: this runs at the tail of the launch.
+  for (int i = threadIdx.x; i < num_q * D / 4; i += Tr::kThreads) {
+    const int g = i / (D / 4), d = i % (D / 4) * 4;
+    const float4* t =
+        reinterpret_cast<const float4*>(p.tmp_out + (head_row0 + g) * p.num_splits * D + d);
+    const float* w = weights + g * p.num_splits;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < used_splits; ++s) {
+      const float4 v = __ldcg(t + s * (D / 4));
+      acc.x += w[s] * v.x;
+      acc.y += w[s] * v.y;
+      acc.z += w[s] * v.z;
+      acc.w += w[s] * v.w;
+    }
+    const float scale = inv_total[g];
+    query_t* o = out + (head0 + g) * p.out_head_stride + d;
+    o[0] = Convert<query_t>::from_float(acc.x * scale);
+    o[1] = Convert<query_t>::from_float(acc.y * scale);
+    o[2] = Convert<query_t>::from_float(acc.z * scale);
+    o[3] = Convert<query_t>::from_float(acc.w * scale);
+  }
 #else
   __trap();  // the host side refuses devices older than sm_80
 #endif
-}
-
-// Combines the splits of one (sequence, query head): the softmax-weighted mean
-// of the split outputs, weighted by each split's sum of exp2 under a common max.
-// Latency-bound and small, so loads are spread over lanes and unrolled.
-template <typename out_t>
-__global__ void paged_attention_merge_kernel(
-    out_t* __restrict__ out,                  // [num_seqs, num_heads, head_size]
-    const float* __restrict__ tmp_out,        // [num_seqs, num_heads, num_splits, head_size]
-    const float* __restrict__ max_logits,     // [num_seqs, num_heads, num_splits]
-    const float* __restrict__ exp_sums,       // [num_seqs, num_heads, num_splits]
-    const int32_t* __restrict__ context_lens,  // [num_seqs]
-    int64_t out_seq_stride, int64_t out_head_stride, int head_size, int num_splits,
-    int split_len, int max_context) {
-  extern __shared__ float weights[];  // [num_splits]
-  __shared__ float inv_total;
-  const int head = blockIdx.x, seq = blockIdx.y;
-  const int context_len = min(context_lens[seq], max_context);
-  // Splits past the context were never written.
-  const int used = context_len > 0 ? (context_len + split_len - 1) / split_len : 0;
-  out_t* o = out + seq * out_seq_stride + head * out_head_stride;
-  if (used == 0) {
-    for (int d = threadIdx.x; d < head_size; d += blockDim.x) o[d] = Convert<out_t>::from_float(0.f);
-    return;
-  }
-  const int64_t row = static_cast<int64_t>(seq) * gridDim.x + head;
-  if (threadIdx.x < 32) {
-    const float* ml = max_logits + row * num_splits;
-    const float* es = exp_sums + row * num_splits;
-    float m_all = -INFINITY;
-    for (int s = threadIdx.x; s < used; s += 32) m_all = fmaxf(m_all, ml[s]);
-    for (int mask = 16; mask > 0; mask /= 2) {
-      m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, mask));
-    }
-    float total = 0.f;
-    for (int s = threadIdx.x; s < used; s += 32) {
-      weights[s] = exp2f(ml[s] - m_all) * es[s];
-      total += weights[s];
-    }
-    for (int mask = 16; mask > 0; mask /= 2) total += __shfl_xor_sync(0xffffffffu, total, mask);
-    if (threadIdx.x == 0) inv_total = 1.f / total;
-  }
-  __syncthreads();
-  const float* t = tmp_out + row * num_splits * head_size;
-  for (int d = threadIdx.x; d < head_size; d += blockDim.x) {
-    float acc = 0.f;
-#pragma unroll 16
-    for (int s = 0; s < used; ++s) acc += weights[s] * t[s * head_size + d];
-    o[d] = Convert<out_t>::from_float(acc * inv_total);
-  }
 }
 
 }  // namespace mini_paged_attn::cuda
