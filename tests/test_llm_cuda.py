@@ -36,10 +36,12 @@ def _greedy(model, prompt):
 @pytest.mark.parametrize("cache", ["paged", "paged-preempt-chunked", "static"])
 def test_greedy_float32_matches_transformers(hf, cache):
     path, model, prompts = hf
-    bytes_per_block = 16 * 2 * 3 * 2 * 64 * 4
+    bytes_per_token = 2 * 3 * 2 * 64 * 4
     config, budget = {
-        "paged": (PagedKVCacheConfig(256 * bytes_per_block), 2048),
-        "paged-preempt-chunked": (PagedKVCacheConfig(14 * bytes_per_block), 32),
+        "paged": (PagedKVCacheConfig(256 * 16 * bytes_per_token), 2048),
+        # 45 blocks of 4 tokens: the longest request (154 tokens) fits alone,
+        # not with the others, so a running sequence gets preempted.
+        "paged-preempt-chunked": (PagedKVCacheConfig(45 * 4 * bytes_per_token, 4), 32),
         "static": (StaticKVCacheConfig(2, 160), 2048),
     }[cache]
     llm = LLM(path, config, device="cuda", dtype=torch.float32, max_num_batched_tokens=budget)
