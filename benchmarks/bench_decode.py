@@ -143,6 +143,7 @@ class Case:
 
 
 def time_us(fn: Callable[[], object], device: str, quick: bool) -> float:
+    """Median microseconds per call; on the CPU with ``torch.get_num_threads()`` threads."""
     if device == "cuda":
         from triton.testing import do_bench
 
@@ -150,7 +151,7 @@ def time_us(fn: Callable[[], object], device: str, quick: bool) -> float:
         return 1e3 * do_bench(fn, warmup=10 if quick else 50, rep=rep, return_mode="median")
     from torch.utils import benchmark
 
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return 1e6 * timer.blocked_autorange(min_run_time=0.2 if quick else 1.0).median
 
 
@@ -248,6 +249,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--plot", help="draw effective bandwidth per shape to this PNG")
     parser.add_argument("--plot-from", help="read results from this JSON instead of running")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for every implementation (default: torch's default)")
     parser.add_argument("--profile", action="store_true",
                         help="CUDA: also print the device time of each kernel paged_attention runs")
     args = parser.parse_args(argv)
@@ -261,6 +264,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -276,7 +281,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     }
     shapes = cuda_shapes(args.quick) if device == "cuda" else cpu_shapes(args.quick)
     results = run(device, args.quick, shapes)
-    print(f"# {meta['date']}  {meta['device_name']}  torch {meta['torch']}  {meta['timing']}")
+    print(f"# {meta['date']}  {meta['device_name']}  torch {meta['torch']}  {meta['timing']}"
+          + (f"  {meta['threads']} threads" if device == "cpu" else ""))
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
