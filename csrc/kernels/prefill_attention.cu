@@ -44,17 +44,11 @@ struct PrefillTraits {
 struct PrefillParams {
   void* out;
   const void* query;
-  const void* key_cache;
-  const void* value_cache;
-  const int32_t* block_tables;
-  const int32_t* context_lens;
+  PagedKV kv;
   const int32_t* query_start_loc;
   // Strides in elements.
   int64_t out_token_stride, out_head_stride;
   int64_t q_token_stride, q_head_stride;
-  int64_t k_block_stride, k_token_stride, k_head_stride;
-  int64_t v_block_stride, v_token_stride, v_head_stride;
-  int64_t block_table_stride;
   int num_seqs, group_size, block_size;
   float scale;
 };
@@ -82,10 +76,10 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PrefillPa
   const int head = blockIdx.y, kv_head = head / p.group_size;
   const int first_token = p.query_start_loc[seq] + tile * BQ;
   const int q_len = p.query_start_loc[seq + 1] - p.query_start_loc[seq];
-  const int context_len = p.context_lens[seq];
+  const int context_len = p.kv.context_lens[seq];
   const int rows = min(BQ, q_len - tile * BQ);
   const int first_pos = context_len - q_len + tile * BQ;  // position of row 0
-  const int32_t* table = p.block_tables + seq * p.block_table_stride;
+  const int32_t* table = p.kv.block_tables + seq * p.kv.block_table_stride;
 
   const query_t* query = static_cast<const query_t*>(p.query);
   for (int i = threadIdx.x; i < BQ * HEAD_SIZE; i += kThreads) {
@@ -104,8 +98,8 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PrefillPa
 #pragma unroll
   for (int j = 0; j < Tr::kDimsPerThread; ++j) o[j] = 0.f;
 
-  const cache_t* kc = static_cast<const cache_t*>(p.key_cache);
-  const cache_t* vc = static_cast<const cache_t*>(p.value_cache);
+  const cache_t* kc = static_cast<const cache_t*>(p.kv.key_cache);
+  const cache_t* vc = static_cast<const cache_t*>(p.kv.value_cache);
   const int end = first_pos + rows;  // the last row sees keys [0, end)
   for (int k0 = 0; k0 < end; k0 += kBlockK) {
     __syncthreads();  // the previous tile's K, V and P are consumed
@@ -115,10 +109,11 @@ __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PrefillPa
       // Slots at or past `end` are not read: they may be unwritten (NaN).
       if (pos < end) {
         const int64_t block = table[pos / p.block_size], off = pos % p.block_size;
-        kv = Convert<cache_t>::to_float(kc[block * p.k_block_stride + off * p.k_token_stride +
-                                           kv_head * p.k_head_stride + d]);
-        vv = Convert<cache_t>::to_float(vc[block * p.v_block_stride + off * p.v_token_stride +
-                                           kv_head * p.v_head_stride + d]);
+        const PagedKV& c = p.kv;
+        kv = Convert<cache_t>::to_float(
+            kc[block * c.k_block_stride + off * c.k_token_stride + kv_head * c.k_head_stride + d]);
+        vv = Convert<cache_t>::to_float(
+            vc[block * c.v_block_stride + off * c.v_token_stride + kv_head * c.v_head_stride + d]);
       }
       k_s[c * Tr::kKStride + d] = kv;
       v_s[c * HEAD_SIZE + d] = vv;
@@ -243,22 +238,12 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
   PrefillParams p{};
   p.out = out.data_ptr();
   p.query = query.data_ptr();
-  p.key_cache = key_cache.data_ptr();
-  p.value_cache = value_cache.data_ptr();
-  p.block_tables = block_tables.data_ptr<int32_t>();
-  p.context_lens = context_lens.data_ptr<int32_t>();
+  p.kv = make_paged_kv(key_cache, value_cache, block_tables, context_lens);
   p.query_start_loc = query_start_loc.data_ptr<int32_t>();
   p.out_token_stride = out.stride(0);
   p.out_head_stride = out.stride(1);
   p.q_token_stride = query.stride(0);
   p.q_head_stride = query.stride(1);
-  p.k_block_stride = key_cache.stride(0);
-  p.k_token_stride = key_cache.stride(1);
-  p.k_head_stride = key_cache.stride(2);
-  p.v_block_stride = value_cache.stride(0);
-  p.v_token_stride = value_cache.stride(1);
-  p.v_head_stride = value_cache.stride(2);
-  p.block_table_stride = block_tables.stride(0);
   p.num_seqs = static_cast<int>(d.num_seqs);
   p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
   p.block_size = static_cast<int>(d.block_size);

@@ -38,15 +38,9 @@ struct PagedAttentionParams {
   float* max_logits;            // [num_seqs, num_heads, num_splits], log2 domain
   float* exp_sums;              // [num_seqs, num_heads, num_splits]
   const void* query;            // [num_seqs, num_heads, head_size]
-  const void* key_cache;        // [num_blocks, block_size, num_kv_heads, head_size]
-  const void* value_cache;      // [num_blocks, block_size, num_kv_heads, head_size]
-  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
-  const int32_t* context_lens;  // [num_seqs]
+  PagedKV kv;
   int64_t out_seq_stride, out_head_stride;
   int64_t q_seq_stride, q_head_stride;
-  int64_t k_block_stride, k_token_stride, k_head_stride;
-  int64_t v_block_stride, v_token_stride, v_head_stride;
-  int64_t block_table_stride;
   int num_heads, num_kv_heads;
   int group_size;   // num_heads / num_kv_heads
   int head_chunks;  // blocks per kv head: ceil(group_size / 8)
@@ -124,7 +118,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   // depend on each other: issue them together, so a block pays one memory
   // latency before its first K/V copies instead of several in a row.
   const int start = split * p.split_len;
-  const int context_len_raw = p.context_lens[seq];
+  const int context_len_raw = p.kv.context_lens[seq];
 
   constexpr int kQPerThread = Tr::kHeads * D / Tr::kThreads;
   static_assert(Tr::kHeads * D % Tr::kThreads == 0, "query rows must split evenly");
@@ -142,7 +136,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   // block-table row, not yet by the context): a page is used only for tokens
   // before `end`; later tokens are zero-filled, never read (they may be NaN).
   auto tile_start = [&](int j) { return start + (warp + j * kWarps) * kTile; };
-  const int32_t* block_table = p.block_tables + seq * p.block_table_stride;
+  const int32_t* block_table = p.kv.block_tables + seq * p.kv.block_table_stride;
   const int offset_mask = (1 << p.log2_block_size) - 1;
   const int lookup_end = min(p.max_context, start + p.split_len);
   auto lookup = [&](int j, int& page, int& offset) {
@@ -172,8 +166,9 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const int my_tiles = warp < num_tiles ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
 
   unsigned char* wsmem = pipe_smem + warp * kStages * Tr::kStageBytes;
-  const cache_t* k_base = static_cast<const cache_t*>(p.key_cache) + kv_head * p.k_head_stride;
-  const cache_t* v_base = static_cast<const cache_t*>(p.value_cache) + kv_head * p.v_head_stride;
+  const PagedKV& kv = p.kv;
+  const cache_t* k_base = static_cast<const cache_t*>(kv.key_cache) + kv_head * kv.k_head_stride;
+  const cache_t* v_base = static_cast<const cache_t*>(kv.value_cache) + kv_head * kv.v_head_stride;
   // Consecutive lanes copy consecutive 16-byte pieces of a row: coalesced.
   auto issue = [&](int stage, int j, int page, int offset) {
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
@@ -189,9 +184,9 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       const int64_t blk = valid ? pg : 0;
       const int elem = c * (16 / int(sizeof(cache_t)));
       cp_async_16(ks + row * Tr::kRowBytes + c * 16,
-                  k_base + blk * p.k_block_stride + off * p.k_token_stride + elem, valid);
+                  k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem, valid);
       cp_async_16(vs + row * Tr::kRowBytes + c * 16,
-                  v_base + blk * p.v_block_stride + off * p.v_token_stride + elem, valid);
+                  v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem, valid);
     }
   };
 

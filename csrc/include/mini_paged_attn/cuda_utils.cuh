@@ -7,6 +7,7 @@
 // files without a CUDA torch.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -17,6 +18,28 @@
 #include <cstdint>
 
 namespace mini_paged_attn::cuda {
+
+// A paged K/V cache and its block tables as the attention kernels address
+// them. Strides are in elements.
+struct PagedKV {
+  const void* key_cache;        // [num_blocks, block_size, num_kv_heads, head_size]
+  const void* value_cache;      // [num_blocks, block_size, num_kv_heads, head_size]
+  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
+  const int32_t* context_lens;  // [num_seqs]
+  int64_t k_block_stride, k_token_stride, k_head_stride;
+  int64_t v_block_stride, v_token_stride, v_head_stride;
+  int64_t block_table_stride;
+};
+
+inline PagedKV make_paged_kv(const at::Tensor& key_cache, const at::Tensor& value_cache,
+                             const at::Tensor& block_tables, const at::Tensor& context_lens) {
+  return PagedKV{key_cache.data_ptr(),      value_cache.data_ptr(),
+                 block_tables.data_ptr<int32_t>(), context_lens.data_ptr<int32_t>(),
+                 key_cache.stride(0),       key_cache.stride(1),
+                 key_cache.stride(2),       value_cache.stride(0),
+                 value_cache.stride(1),     value_cache.stride(2),
+                 block_tables.stride(0)};
+}
 
 // ---------------------------------------------------------------------------
 // Scalar conversions. Torch builds define __CUDA_NO_HALF_CONVERSIONS__ and
