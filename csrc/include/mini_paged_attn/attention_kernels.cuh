@@ -50,6 +50,7 @@ struct PagedAttentionParams {
   int num_splits;
   int counter_base;  // this launch's range of split_arrivals starts here (num_splits > 1)
   float scale_log2;  // softmax scale * log2(e): the kernel works with exp2
+  bool evict_first;  // K/V copies marked evict-first in L2 (see cp_async_16_evict_first)
 };
 
 // Query heads a block serves: MMA rows 0-7, with their residues in rows 8-15.
@@ -169,6 +170,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const PagedKV& kv = p.kv;
   const cache_t* k_base = static_cast<const cache_t*>(kv.key_cache) + kv_head * kv.k_head_stride;
   const cache_t* v_base = static_cast<const cache_t*>(kv.value_cache) + kv_head * kv.v_head_stride;
+  const uint64_t policy = l2_evict_first_policy();
   // Consecutive lanes copy consecutive 16-byte pieces of a row: coalesced.
   auto issue = [&](int stage, int j, int page, int offset) {
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
@@ -183,10 +185,15 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       const int off = __shfl_sync(kFull, offset, row);
       const int64_t blk = valid ? pg : 0;
       const int elem = c * (16 / int(sizeof(cache_t)));
-      cp_async_16(ks + row * Tr::kRowBytes + c * 16,
-                  k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem, valid);
-      cp_async_16(vs + row * Tr::kRowBytes + c * 16,
-                  v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem, valid);
+      const cache_t* k_src = k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem;
+      const cache_t* v_src = v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem;
+      if (p.evict_first) {
+        cp_async_16_evict_first(ks + row * Tr::kRowBytes + c * 16, k_src, valid, policy);
+        cp_async_16_evict_first(vs + row * Tr::kRowBytes + c * 16, v_src, valid, policy);
+      } else {
+        cp_async_16(ks + row * Tr::kRowBytes + c * 16, k_src, valid);
+        cp_async_16(vs + row * Tr::kRowBytes + c * 16, v_src, valid);
+      }
     }
   };
 

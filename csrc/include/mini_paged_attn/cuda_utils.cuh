@@ -107,6 +107,29 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 #endif
 }
 
+// The same copy, marking the line evict-first in L2 (`policy` from
+// l2_evict_first_policy), so that a one-pass stream does not push out lines other
+// kernels left there (dirty ones must first be written back). Whether it pays
+// depends on the launch; docs/perf-notes.md has the measurements.
+__device__ __forceinline__ void cp_async_16_evict_first(void* smem_dst, const void* gmem_src,
+                                                        bool valid, uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile(
+      "cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(
+          smem_addr(smem_dst)),
+      "l"(gmem_src), "r"(src_bytes), "l"(policy));
+#endif
+}
+
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+#endif
+  return policy;
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
