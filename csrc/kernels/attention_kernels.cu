@@ -86,7 +86,7 @@ void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seq
   p.split_len = plan.split_len;
   p.num_splits = plan.num_splits;
   // Evict-first copies, measured on H100: -4 us (-6%) on one-wave split
-  // launches; +2% on multi-wave launches; +15% with 128-byte rows (likely
+  // launches; +2% on multi-wave launches; +15-17% with 128-byte rows (likely
   // because the 256-byte L2 fetch also brings a sibling head's row, evicted
   // before that block reads it). So only split launches with whole-line rows.
   p.evict_first = plan.num_splits > 1 && HEAD_SIZE * sizeof(cache_t) % 256 == 0;

@@ -187,12 +187,13 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       const int elem = c * (16 / int(sizeof(cache_t)));
       const cache_t* k_src = k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem;
       const cache_t* v_src = v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem;
+      const int dst = row * Tr::kRowBytes + c * 16;
       if (p.evict_first) {
-        cp_async_16_evict_first(ks + row * Tr::kRowBytes + c * 16, k_src, valid, policy);
-        cp_async_16_evict_first(vs + row * Tr::kRowBytes + c * 16, v_src, valid, policy);
+        cp_async_16_evict_first(ks + dst, k_src, valid, policy);
+        cp_async_16_evict_first(vs + dst, v_src, valid, policy);
       } else {
-        cp_async_16(ks + row * Tr::kRowBytes + c * 16, k_src, valid);
-        cp_async_16(vs + row * Tr::kRowBytes + c * 16, v_src, valid);
+        cp_async_16(ks + dst, k_src, valid);
+        cp_async_16(vs + dst, v_src, valid);
       }
     }
   };
