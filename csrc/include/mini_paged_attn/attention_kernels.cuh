@@ -50,7 +50,7 @@ struct PagedAttentionParams {
   int num_splits;
   int counter_base;  // this launch's range of split_arrivals starts here (num_splits > 1)
   float scale_log2;  // softmax scale * log2(e): the kernel works with exp2
-  bool evict_first;  // K/V copies marked evict-first in L2 (see cp_async_16_evict_first)
+  bool evict_first;  // K/V copies marked evict-first in L2 (see kL2EvictNormal)
 };
 
 // Query heads a block serves: MMA rows 0-7, with their residues in rows 8-15.
@@ -64,8 +64,17 @@ struct AttnTraits {
   static constexpr int kHeads = kHeadsPerBlock;
   static constexpr int kTileTokens = 16;  // tokens per warp and pipeline stage: one MMA k-step
   static constexpr int kChunks = HEAD_SIZE * int(sizeof(cache_t)) / 16;  // 16-byte pieces a row
-  // One 16-byte pad per row makes the 8 rows an ldmatrix reads hit distinct banks.
-  static constexpr int kRowBytes = HEAD_SIZE * int(sizeof(cache_t)) + 16;
+  // The 8 rows an ldmatrix reads must hit distinct bank groups. Rows of whole
+  // 128-byte lines are XOR-swizzled (chunk c of row r stored at c ^ (r % 8)), so a
+  // warp's copies write whole aligned lines: a 16-byte pad per row instead costs
+  // 25 L2 sectors per 512-byte copy instruction instead of 20, and 3% of the
+  // stream (docs/perf-notes.md). Other row sizes keep the pad.
+  static constexpr bool kSwizzle = kChunks % 8 == 0;
+  static constexpr int kRowBytes = HEAD_SIZE * int(sizeof(cache_t)) + (kSwizzle ? 0 : 16);
+  // Byte offset of 16-byte chunk `chunk` of row `row` in a K or V tile.
+  static __device__ __forceinline__ int offset(int row, int chunk) {
+    return row * kRowBytes + ((kSwizzle ? chunk ^ (row & 7) : chunk) << 4);
+  }
   static constexpr int kStageBytes = 2 * kTileTokens * kRowBytes;  // K tile + V tile
   // Four warps unless two stages of four would not fit (fp32, head size 256).
   static constexpr int kWarps = 2 * 4 * kStageBytes <= 160 * 1024 ? 4 : 2;
@@ -100,7 +109,11 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   constexpr int kWarps = Tr::kWarps, kStages = Tr::kStages, kTile = Tr::kTileTokens;
   constexpr unsigned kFull = 0xffffffffu;
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  // 128-byte aligned, so that swizzled tile rows start on bank-group 0 and each
+  // 8-lane group of a copy writes one aligned 128-byte line: with the 16-byte
+  // alignment it had, the static `merge_here` below put the buffer at byte 16,
+  // which made the copies ask L2 for 33 sectors per 512 bytes instead of 20.
+  extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* q_smem = smem;                   // [16][kQRowBytes]: hi rows, then lo rows
   unsigned char* pipe_smem = smem + Tr::kQBytes;  // per warp: [kStages][K|V][16][kRowBytes]
 
@@ -170,7 +183,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const PagedKV& kv = p.kv;
   const cache_t* k_base = static_cast<const cache_t*>(kv.key_cache) + kv_head * kv.k_head_stride;
   const cache_t* v_base = static_cast<const cache_t*>(kv.value_cache) + kv_head * kv.v_head_stride;
-  const uint64_t policy = l2_evict_first_policy();
+  const uint64_t policy = p.evict_first ? l2_evict_first_policy() : kL2EvictNormal;
   // Consecutive lanes copy consecutive 16-byte pieces of a row: coalesced.
   auto issue = [&](int stage, int j, int page, int offset) {
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
@@ -187,14 +200,9 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       const int elem = c * (16 / int(sizeof(cache_t)));
       const cache_t* k_src = k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem;
       const cache_t* v_src = v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem;
-      const int dst = row * Tr::kRowBytes + c * 16;
-      if (p.evict_first) {
-        cp_async_16_evict_first(ks + dst, k_src, valid, policy);
-        cp_async_16_evict_first(vs + dst, v_src, valid, policy);
-      } else {
-        cp_async_16(ks + dst, k_src, valid);
-        cp_async_16(vs + dst, v_src, valid);
-      }
+      const int dst = Tr::offset(row, c);
+      cp_async_16(ks + dst, k_src, valid, policy);
+      cp_async_16(vs + dst, v_src, valid, policy);
     }
   };
 
@@ -237,17 +245,18 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
                          (kk * 16 + (lane >> 4) * 8) * 2);
       if constexpr (!Tr::kFloatCache) {
         uint32_t b[4];
-        ldmatrix_x4(b, ks + ((lane & 7) + (lane >> 4) * 8) * Tr::kRowBytes +
-                           (kk * 16 + ((lane >> 3) & 1) * 8) * 2);
+        ldmatrix_x4(b, ks + Tr::offset((lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)));
         mma_16816<mma_t>(s[0], a, b[0], b[1]);
         mma_16816<mma_t>(s[1], a, b[2], b[3]);
       } else {
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          const float* k = reinterpret_cast<const float*>(ks + (n * 8 + gid) * Tr::kRowBytes) +
-                           kk * 16 + tig * 2;
-          const float2 k0 = *reinterpret_cast<const float2*>(k);
-          const float2 k1 = *reinterpret_cast<const float2*>(k + 8);
+          // Elements kk * 16 + 2 tig (+ 8) of row n * 8 + gid: 4 floats a chunk.
+          const unsigned char* k = ks + (tig & 1) * 8;
+          const int row = n * 8 + gid;
+          const float2 k0 = *reinterpret_cast<const float2*>(k + Tr::offset(row, kk * 4 + tig / 2));
+          const float2 k1 =
+              *reinterpret_cast<const float2*>(k + Tr::offset(row, kk * 4 + 2 + tig / 2));
           float h[4], r[4];
           split_hi_lo<mma_t>(k0.x, h[0], r[0]);
           split_hi_lo<mma_t>(k0.y, h[1], r[1]);
@@ -305,17 +314,22 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
 #pragma unroll
       for (int n = 0; n < D / 8; n += 2) {
         uint32_t b[4];
-        ldmatrix_x4_trans(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes +
-                                 (n + (lane >> 4)) * 16);
+        ldmatrix_x4_trans(b, vs + Tr::offset((lane & 7) + ((lane >> 3) & 1) * 8, n + (lane >> 4)));
         mma_16816<mma_t>(o[n], a, b[0], b[1]);
         mma_16816<mma_t>(o[n + 1], a, b[2], b[3]);
       }
     } else {
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        const float* v = reinterpret_cast<const float*>(vs + tig * 2 * Tr::kRowBytes) + n * 8 + gid;
-        const float v_rows[4] = {v[0], v[Tr::kRowBytes / 4], v[8 * Tr::kRowBytes / 4],
-                                 v[9 * Tr::kRowBytes / 4]};
+        // Element n * 8 + gid of rows 2 tig, 2 tig + 1, 2 tig + 8, 2 tig + 9.
+        const unsigned char* v = vs + (gid & 3) * 4;
+        const int chunk = n * 2 + gid / 4;
+        float v_rows[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          v_rows[e] = *reinterpret_cast<const float*>(
+              v + Tr::offset(tig * 2 + (e & 1) + (e >> 1) * 8, chunk));
+        }
         float h[4], r[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) split_hi_lo<mma_t>(v_rows[e], h[e], r[e]);

@@ -94,33 +94,12 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Copies 16 bytes, or writes 16 zero bytes when !valid (src is then not read).
-// The L2 prefetch hint makes a miss fetch 256 bytes from DRAM instead of the
-// 32-byte sectors a 16-byte request touches (measured: +2-3% bandwidth on H100;
-// 256 B also covers neighbouring heads' rows, which sibling blocks read next).
-__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(
-                   smem_addr(smem_dst)),
-               "l"(gmem_src), "r"(src_bytes));
-#endif
-}
-
-// The same copy, marking the line evict-first in L2 (`policy` from
-// l2_evict_first_policy), so that a one-pass stream does not push out lines other
-// kernels left there (dirty ones must first be written back). Whether it pays
-// depends on the launch; docs/perf-notes.md has the measurements.
-__device__ __forceinline__ void cp_async_16_evict_first(void* smem_dst, const void* gmem_src,
-                                                        bool valid, uint64_t policy) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile(
-      "cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(
-          smem_addr(smem_dst)),
-      "l"(gmem_src), "r"(src_bytes), "l"(policy));
-#endif
-}
+// L2 cache policies for cp_async_16. kL2EvictNormal is the encoding of the
+// default policy (what a copy without a hint gets; measured to cost nothing,
+// while `createpolicy ... evict_normal` cost 5%). Evict-first makes a one-pass
+// stream not push out lines that other kernels left in L2 (dirty ones must be
+// written back first); whether it pays depends on the launch (docs/perf-notes.md).
+constexpr uint64_t kL2EvictNormal = 0x1000000000000000ull;
 
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   uint64_t policy = 0;
@@ -128,6 +107,23 @@ __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
 #endif
   return policy;
+}
+
+// Copies 16 bytes, or writes 16 zero bytes when !valid (src is then not read).
+// The L2 prefetch hint makes a miss fetch 256 bytes from DRAM instead of the
+// 32-byte sectors a 16-byte request touches (measured: +2-3% bandwidth on H100;
+// 256 B also covers neighbouring heads' rows, which sibling blocks read next).
+// One instruction form for every policy: a branch between two forms compiled
+// to both, predicated, in the copy loop.
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool valid,
+                                            uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile(
+      "cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2, %3;\n" ::"r"(
+          smem_addr(smem_dst)),
+      "l"(gmem_src), "r"(src_bytes), "l"(policy));
+#endif
 }
 
 __device__ __forceinline__ void cp_async_commit() {
