@@ -232,6 +232,19 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   float m = -INFINITY;  // running max (log2 domain) of head gid
   float l = 0.f;        // this lane's part of the running sum of exp2
 
+  // Every tile multiplies by the same query: its A fragments are loaded once
+  // when they fit in registers (head size <= 128), else once per tile.
+  constexpr bool kQInRegs = D <= 128;
+  uint32_t q_frag[kQInRegs ? D / 16 : 1][4];
+  auto load_q_frag = [&](int kk, uint32_t(&a)[4]) {
+    ldmatrix_x4(a, q_smem + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kQRowBytes +
+                       (kk * 16 + (lane >> 4) * 8) * 2);
+  };
+  if constexpr (kQInRegs) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) load_q_frag(kk, q_frag[kk]);
+  }
+
   auto compute = [&](int stage, int j) {
     const unsigned char* ks = wsmem + stage * Tr::kStageBytes;
     const unsigned char* vs = ks + kTile * Tr::kRowBytes;
@@ -241,8 +254,12 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t a[4];
-      ldmatrix_x4(a, q_smem + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kQRowBytes +
-                         (kk * 16 + (lane >> 4) * 8) * 2);
+      if constexpr (kQInRegs) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = q_frag[kk][r];
+      } else {
+        load_q_frag(kk, a);
+      }
       if constexpr (!Tr::kFloatCache) {
         uint32_t b[4];
         ldmatrix_x4(b, ks + Tr::offset((lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)));
@@ -287,11 +304,15 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     const float m_new = fmaxf(m, tile_max);  // finite: token 0 of a tile is always valid
     const float alpha = exp2f(m - m_new);    // 0 on the first tile
     m = m_new;
-    l *= alpha;
+    // Once the maxima settle, no head's max moves and alpha is exactly 1 in the
+    // whole warp: skip the rescale then.
+    if (__any_sync(kFull, alpha != 1.f)) {
+      l *= alpha;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
+      for (int n = 0; n < D / 8; ++n) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[n][e] *= alpha;
+        for (int e = 0; e < 4; ++e) o[n][e] *= alpha;
+      }
     }
 
     // P as the A operand: row gid = hi parts, row gid + 8 = lo parts.
