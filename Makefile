@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: all build test demo bench bench-blocks bench-engine clean
+.PHONY: all build test demo bench bench-blocks bench-engine bench-copy clean
 
 all: test
 
@@ -40,6 +40,13 @@ bench-blocks: build
 
 bench-engine: build
 	$(PY) benchmarks/bench_engine.py $(ARGS)
+
+# GPU only (sm_90): the decode kernel's load paths without its math.
+bench-copy:
+	mkdir -p build
+	nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -o build/copy_paths \
+		benchmarks/copy_paths.cu
+	build/copy_paths $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info mini_paged_attn/*.so

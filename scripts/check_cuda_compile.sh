@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compiles every csrc/kernels/*.cu for sm_80 and sm_90 (compile only, no GPU
-# needed) with the flags torch's BuildExtension passes, so a broken kernel is
-# caught where there is no GPU. Exits 0 with a message when nvcc is absent.
+# needed) with the flags torch's BuildExtension passes, and the stand-alone
+# benchmarks/*.cu for sm_90, so a broken kernel is caught where there is no GPU.
+# Exits 0 with a message when nvcc is absent.
 #
 #   PYTHON=...            interpreter whose torch provides the headers
 #                         (default: .venv/bin/python if present, else python3)
@@ -53,25 +54,32 @@ trap 'rm -rf "$OUT_DIR"' EXIT
 echo "check_cuda_compile: $("$NVCC" --version | tail -n 1)"
 status=0
 pids=()
-files=(csrc/kernels/*.cu)
-for f in "${files[@]}"; do
+# compile FILE FLAGS...: in the background; prints ok or the compiler's log.
+compile() {
+  local f=$1 log="$OUT_DIR/$(basename "$1").log"
+  shift
   (
     start=$SECONDS
-    if "$NVCC" "${FLAGS[@]}" "${EXTRA[@]}" -c "$f" -o "$OUT_DIR/$(basename "$f").o" \
-        >"$OUT_DIR/$(basename "$f").log" 2>&1; then
+    if "$NVCC" "$@" "${EXTRA[@]}" -c "$f" -o "$OUT_DIR/$(basename "$f").o" >"$log" 2>&1; then
       echo "  ok   $f ($((SECONDS - start)) s)"
-      if [[ -n "${NVCC_EXTRA_FLAGS:-}" ]]; then cat "$OUT_DIR/$(basename "$f").log"; fi
+      if [[ -n "${NVCC_EXTRA_FLAGS:-}" ]]; then cat "$log"; fi
     else
       echo "  FAIL $f"
-      cat "$OUT_DIR/$(basename "$f").log"
+      cat "$log"
       exit 1
     fi
   ) &
   pids+=($!)
-done
+}
+files=(csrc/kernels/*.cu)
+for f in "${files[@]}"; do compile "$f" "${FLAGS[@]}"; done
+# Stand-alone CUDA benchmarks: no torch, and Hopper's bulk tensor copies need sm_90.
+benches=(benchmarks/*.cu)
+for f in "${benches[@]}"; do compile "$f" -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90; done
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 if (( status != 0 )); then
   echo "check_cuda_compile: FAILED"
   exit 1
 fi
-echo "check_cuda_compile: all ${#files[@]} files compile for sm_80 and sm_90"
+echo "check_cuda_compile: all ${#files[@]} kernel files compile for sm_80 and sm_90," \
+  "${#benches[@]} benchmark file(s) for sm_90"
