@@ -152,6 +152,18 @@ def test_paged_attention_gqa_and_mqa(num_heads, num_kv_heads, context):
 
 
 @pytest.mark.parametrize("layout", ["plain", "interleaved", "head_major"])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(8, 8), (12, 4), (32, 4), (6, 3)])
+def test_paged_attention_head_size_64_pairs(num_heads, num_kv_heads, layout):
+    # Head size 64 reads two adjacent KV heads as one row when a block can hold
+    # both heads' queries (group size <= 4, an even number of adjacent heads):
+    # paired (8/8, 12/4 with plain or interleaved caches) or not (32/4, 6/3,
+    # head-major caches), every case matches the reference, splits included.
+    torch.manual_seed(num_heads * 3 + num_kv_heads)
+    run_and_check([0, 1, 300, 2000], num_heads, num_kv_heads, 64, 16, torch.bfloat16,
+                  torch.bfloat16, layout=layout, strided_q=True)
+
+
+@pytest.mark.parametrize("layout", ["plain", "interleaved", "head_major"])
 @pytest.mark.parametrize("dtypes", DTYPES, ids=dtype_id)
 def test_paged_attention_strided_caches_and_query(layout, dtypes):
     torch.manual_seed(3)

@@ -108,12 +108,42 @@ void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seq
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Head pairing for head size 64 with a 16-bit cache: when the KV heads of a
+// token are adjacent, heads 2j and 2j + 1 form one 256-byte row, read as one
+// head of size 128 with each query in its own half and zeros in the other.
+// Every copy then fills whole 256-byte lines (a 128-byte row leaves half of
+// each line to the sibling head's block) and there are half as many blocks.
+// Only when one block still holds both heads' queries (group size <= 4). A
+// score sums 0 * K over the sibling head's elements, so an inf or NaN in its
+// K (at a valid token) would reach this head too.
+template <typename cache_t>
+bool can_pair_heads(const PagedAttentionParams& p) {
+  return sizeof(cache_t) == 2 && p.num_kv_heads % 2 == 0 && p.kv.k_head_stride == 64 &&
+         p.kv.v_head_stride == 64 && 2 * p.group_size <= kHeadsPerBlock;
+}
+
+PagedAttentionParams pair_heads(PagedAttentionParams p) {
+  p.paired_group = p.group_size;
+  p.num_kv_heads /= 2;
+  p.group_size *= 2;
+  p.head_chunks = 1;
+  p.kv.k_head_stride *= 2;
+  p.kv.v_head_stride *= 2;
+  return p;
+}
+
 template <typename query_t, typename cache_t>
 void dispatch_head_size(int64_t head_size, const PagedAttentionParams& p, const at::Tensor& out,
                         int num_seqs, int device, cudaStream_t stream) {
   switch (head_size) {
     case 32: launch_attention<query_t, cache_t, 32>(p, out, num_seqs, device, stream); break;
-    case 64: launch_attention<query_t, cache_t, 64>(p, out, num_seqs, device, stream); break;
+    case 64:
+      if (can_pair_heads<cache_t>(p)) {
+        launch_attention<query_t, cache_t, 128>(pair_heads(p), out, num_seqs, device, stream);
+      } else {
+        launch_attention<query_t, cache_t, 64>(p, out, num_seqs, device, stream);
+      }
+      break;
     case 80: launch_attention<query_t, cache_t, 80>(p, out, num_seqs, device, stream); break;
     case 96: launch_attention<query_t, cache_t, 96>(p, out, num_seqs, device, stream); break;
     case 128: launch_attention<query_t, cache_t, 128>(p, out, num_seqs, device, stream); break;

@@ -50,11 +50,23 @@ struct PagedAttentionParams {
   int num_splits;
   int counter_base;  // this launch's range of split_arrivals starts here (num_splits > 1)
   float scale_log2;  // softmax scale * log2(e): the kernel works with exp2
+  // > 0: head pairing (see pair_heads on the host). Each KV head of the launch
+  // is two adjacent KV heads of size HEAD_SIZE / 2; query head h has its
+  // elements in half (h / paired_group) % 2 of the row, zeros in the other.
+  int paired_group;
   bool evict_first;  // K/V copies marked evict-first in L2 (see kL2EvictNormal)
 };
 
 // Query heads a block serves: MMA rows 0-7, with their residues in rows 8-15.
 constexpr int kHeadsPerBlock = 8;
+
+// Element d of a launch's row, as an element of query head `head`: d itself, or
+// with head pairing, d - D / 2 or d in that head's half and -1 in the other.
+template <int D>
+__device__ __forceinline__ int head_elem(const PagedAttentionParams& p, int head, int d) {
+  if (p.paired_group == 0) return d;
+  return d / (D / 2) == (head / p.paired_group) % 2 ? d % (D / 2) : -1;
+}
 
 template <typename cache_t, int HEAD_SIZE>
 struct AttnTraits {
@@ -141,8 +153,8 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
 #pragma unroll
   for (int k = 0; k < kQPerThread; ++k) {
     const int i = threadIdx.x + k * Tr::kThreads, g = i / D;
-    q_vals[k] = g < num_q ? Convert<query_t>::to_float(q[(head0 + g) * p.q_head_stride + i % D])
-                          : 0.f;
+    const int e = g < num_q ? head_elem<D>(p, head0 + g, i % D) : -1;
+    q_vals[k] = e >= 0 ? Convert<query_t>::to_float(q[(head0 + g) * p.q_head_stride + e]) : 0.f;
   }
 
   // Warp w takes tiles w, w + kWarps, ... of the split. Lanes l and l + 16 look
@@ -169,7 +181,8 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     // Empty split: the merge ignores it; an empty context has a zero output.
     if (split == 0) {
       for (int i = threadIdx.x; i < num_q * D; i += Tr::kThreads) {
-        out[(head0 + i / D) * p.out_head_stride + i % D] = Convert<query_t>::from_float(0.f);
+        const int head = head0 + i / D, e = head_elem<D>(p, head, i % D);
+        if (e >= 0) out[head * p.out_head_stride + e] = Convert<query_t>::from_float(0.f);
       }
     }
     return;
@@ -407,7 +420,8 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     }
     const int head = head0 + g;
     if (used_splits == 1) {
-      out[head * p.out_head_stride + d] = Convert<query_t>::from_float(acc / l_all);
+      const int e = head_elem<D>(p, head, d);
+      if (e >= 0) out[head * p.out_head_stride + e] = Convert<query_t>::from_float(acc / l_all);
     } else {
       const int64_t row = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split;
       p.tmp_out[row * D + d] = acc / l_all;
@@ -469,6 +483,8 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   // that many loads are in flight: this runs at the tail of the launch.
   for (int i = threadIdx.x; i < num_q * D / 4; i += Tr::kThreads) {
     const int g = i / (D / 4), d = i % (D / 4) * 4;
+    const int e = head_elem<D>(p, head0 + g, d);
+    if (e < 0) continue;  // the other head's half of a paired row
     const float4* t =
         reinterpret_cast<const float4*>(p.tmp_out + (head_row0 + g) * p.num_splits * D + d);
     const float* w = weights + g * p.num_splits;
@@ -482,7 +498,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       acc.w += w[s] * v.w;
     }
     const float scale = inv_total[g];
-    query_t* o = out + (head0 + g) * p.out_head_stride + d;
+    query_t* o = out + (head0 + g) * p.out_head_stride + e;
     o[0] = Convert<query_t>::from_float(acc.x * scale);
     o[1] = Convert<query_t>::from_float(acc.y * scale);
     o[2] = Convert<query_t>::from_float(acc.z * scale);
