@@ -60,8 +60,9 @@ struct PagedAttentionParams {
 // Query heads a block serves: MMA rows 0-7, with their residues in rows 8-15.
 constexpr int kHeadsPerBlock = 8;
 
-// Element d of a launch's row, as an element of query head `head`: d itself, or
-// with head pairing, d - D / 2 or d in that head's half and -1 in the other.
+// Which element of query head `head` (and of its output) element d of a
+// launch's row is: d itself; with head pairing, d's offset within the head's
+// half of the row, or -1 for the sibling head's half.
 template <int D>
 __device__ __forceinline__ int head_elem(const PagedAttentionParams& p, int head, int d) {
   if (p.paired_group == 0) return d;
