@@ -16,6 +16,8 @@ $(VENV)/.deps: requirements-dev.txt
 	# torch first and alone: a later install must never swap in a CUDA build.
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	# Optional: lets scripts/check_cuda_compile.sh read the kernels' SASS.
+	$(PY) -m pip install -q nvidia-cuda-nvdisasm || echo "nvdisasm not installed: no SASS check"
 	touch $@
 
 # --no-build-isolation builds against the torch above instead of downloading one.

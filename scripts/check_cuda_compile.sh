@@ -2,11 +2,14 @@
 # Compiles every csrc/kernels/*.cu for sm_80 and sm_90 (compile only, no GPU
 # needed) with the flags torch's BuildExtension passes, and the stand-alone
 # benchmarks/*.cu for sm_90, so a broken kernel is caught where there is no GPU.
+# Then, when nvdisasm is found (PATH, or the nvidia-cuda-nvdisasm wheel the
+# Makefile installs), checks the kernels' SASS for a known ptxas miscompile.
 # Exits 0 with a message when nvcc is absent.
 #
 #   PYTHON=...            interpreter whose torch provides the headers
 #                         (default: .venv/bin/python if present, else python3)
 #   NVCC_EXTRA_FLAGS=...  appended to every nvcc call (e.g. "-Xptxas -v")
+#   NVDISASM=...          the disassembler to use
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,7 +75,8 @@ compile() {
   pids+=($!)
 }
 files=(csrc/kernels/*.cu)
-for f in "${files[@]}"; do compile "$f" "${FLAGS[@]}"; done
+mkdir -p "$OUT_DIR/keep"  # intermediate files, the cubins among them, for the SASS check below
+for f in "${files[@]}"; do compile "$f" "${FLAGS[@]}" --keep --keep-dir "$OUT_DIR/keep"; done
 # Stand-alone CUDA benchmarks: no torch, and Hopper's bulk tensor copies need sm_90.
 benches=(benchmarks/*.cu)
 for f in "${benches[@]}"; do compile "$f" -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90; done
@@ -83,3 +87,30 @@ if (( status != 0 )); then
 fi
 echo "check_cuda_compile: all ${#files[@]} kernel files compile for sm_80 and sm_90," \
   "${#benches[@]} benchmark file(s) for sm_90"
+
+# ptxas 13.0 (V13.0.88) compiled some cp.async copies with an L2 cache-hint
+# operand into LDGSTS instructions whose 64-bit policy descriptor sits in an odd
+# uniform register; the GPU stops those as illegal instructions
+# (docs/perf-notes.md, session 4). Look for any such descriptor in the SASS.
+NVDISASM="${NVDISASM:-$(command -v nvdisasm || true)}"
+if [[ -z "$NVDISASM" ]]; then
+  purelib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  NVDISASM=$(ls "$purelib"/nvidia/cu*/bin/nvdisasm 2>/dev/null | tail -n 1 || true)
+fi
+if [[ -z "$NVDISASM" ]]; then
+  echo "check_cuda_compile: nvdisasm not found, skipping the SASS check"
+  exit 0
+fi
+bad=0
+for cubin in "$OUT_DIR"/keep/*.cubin; do
+  n=$("$NVDISASM" -c "$cubin" | grep -cE 'desc\[UR[0-9]*[13579]\]' || true)
+  if (( n > 0 )); then
+    echo "  FAIL $(basename "$cubin"): $n instructions with an odd uniform descriptor register"
+    bad=1
+  fi
+done
+if (( bad != 0 )); then
+  echo "check_cuda_compile: FAILED (SASS check)"
+  exit 1
+fi
+echo "check_cuda_compile: SASS check passed ($(ls "$OUT_DIR"/keep/*.cubin | wc -l) cubins)"

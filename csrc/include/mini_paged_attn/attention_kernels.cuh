@@ -158,16 +158,23 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     q_vals[k] = e >= 0 ? Convert<query_t>::to_float(q[(head0 + g) * p.q_head_stride + e]) : 0.f;
   }
 
-  // Warp w takes tiles w, w + kWarps, ... of the split. Lanes l and l + 16 look
-  // up the page of token l of a tile. Lookups are speculative (bounded by the
-  // block-table row, not yet by the context): a page is used only for tokens
-  // before `end`; later tokens are zero-filled, never read (they may be NaN).
+  // Warp w takes tiles w, w + kWarps, ... of the split. Tiles start on
+  // multiples of 16 tokens, so with blocks of 16 tokens or more a tile lies in
+  // one page (the tile path): every lane looks up the page of the tile's first
+  // token, and row r is r token strides further: no shuffles and one 64-bit
+  // multiply a tile. Otherwise (and in evict-first launches, see `issue`)
+  // lanes l and l + 16 look up the page of token l, and each row takes its page
+  // from that lane (the row path).
+  // Lookups are speculative (bounded by the block-table row, not yet by the
+  // context): a page is used only for tokens before `end`; later tokens are
+  // zero-filled, never read (they may be NaN).
+  const bool tile_path = p.log2_block_size >= 4 && !p.evict_first;
   auto tile_start = [&](int j) { return start + (warp + j * kWarps) * kTile; };
   const int32_t* block_table = p.kv.block_tables + seq * p.kv.block_table_stride;
   const int offset_mask = (1 << p.log2_block_size) - 1;
   const int lookup_end = min(p.max_context, start + p.split_len);
   auto lookup = [&](int j, int& page, int& offset) {
-    const int tok = tile_start(j) + (lane & 15);
+    const int tok = tile_start(j) + (tile_path ? 0 : lane & 15);
     page = 0;
     offset = tok & offset_mask;
     if (tok < lookup_end) page = __ldg(block_table + (tok >> p.log2_block_size));
@@ -199,33 +206,62 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const cache_t* v_base = static_cast<const cache_t*>(kv.value_cache) + kv_head * kv.v_head_stride;
   const uint64_t policy = p.evict_first ? l2_evict_first_policy() : kL2EvictNormal;
   // Consecutive lanes copy consecutive 16-byte pieces of a row: coalesced.
-  auto issue = [&](int stage, int j, int page, int offset) {
+  // The tile path copies without a policy operand, so evict-first launches
+  // take the row path: with a cache-hint operand, ptxas 13.0 (V13.0.88) turned
+  // the tile path's copies into LDGSTS instructions that read the policy from
+  // an odd uniform register, which the GPU stops as an illegal instruction
+  // (docs/perf-notes.md).
+  auto issue = [&](auto tile_path_c, int stage, int j, int page, int offset) {
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
     unsigned char* vs = ks + kTile * Tr::kRowBytes;
     const int valid_rows = end - tile_start(j);
+    if constexpr (decltype(tile_path_c)::value) {
+      const int row0 = tile_start(j) & offset_mask;
+      const cache_t* k_tile = k_base + int64_t{page} * kv.k_block_stride + row0 * kv.k_token_stride;
+      const cache_t* v_tile = v_base + int64_t{page} * kv.v_block_stride + row0 * kv.v_token_stride;
 #pragma unroll
-    for (int k = 0; k < Tr::kChunks / 2; ++k) {
-      const int idx = lane + 32 * k;
-      const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
-      const bool valid = row < valid_rows;
-      const int pg = __shfl_sync(kFull, page, row);
-      const int off = __shfl_sync(kFull, offset, row);
-      const int64_t blk = valid ? pg : 0;
-      const int elem = c * (16 / int(sizeof(cache_t)));
-      const cache_t* k_src = k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem;
-      const cache_t* v_src = v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem;
-      const int dst = Tr::offset(row, c);
-      cp_async_16(ks + dst, k_src, valid, policy);
-      cp_async_16(vs + dst, v_src, valid, policy);
+      for (int k = 0; k < Tr::kChunks / 2; ++k) {
+        const int idx = lane + 32 * k;
+        const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
+        const int elem = c * (16 / int(sizeof(cache_t)));
+        const int dst = Tr::offset(row, c);
+        const bool valid = row < valid_rows;
+        cp_async_16(ks + dst, k_tile + row * kv.k_token_stride + elem, valid);
+        cp_async_16(vs + dst, v_tile + row * kv.v_token_stride + elem, valid);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < Tr::kChunks / 2; ++k) {
+        const int idx = lane + 32 * k;
+        const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
+        const bool valid = row < valid_rows;
+        const int pg = __shfl_sync(kFull, page, row);
+        const int off = __shfl_sync(kFull, offset, row);
+        const int64_t blk = valid ? pg : 0;
+        const int elem = c * (16 / int(sizeof(cache_t)));
+        const cache_t* k_src = k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem;
+        const cache_t* v_src = v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem;
+        const int dst = Tr::offset(row, c);
+        cp_async_16(ks + dst, k_src, valid, policy);
+        cp_async_16(vs + dst, v_src, valid, policy);
+      }
     }
   };
 
   // Pipeline: kStages - 1 tiles in flight while one is computed; the page ids
-  // of the next tile to issue are loaded one iteration ahead.
+  // of the next tile to issue are loaded one iteration ahead. Each path gets
+  // its own copy of the loops (a uniform branch around them, none inside).
+  auto fill = [&](auto tile_path_c) {
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_tiles) issue(st, st, pages[st], offsets[st]);
-    cp_async_commit();
+    for (int st = 0; st < kStages - 1; ++st) {
+      if (st < my_tiles) issue(tile_path_c, st, st, pages[st], offsets[st]);
+      cp_async_commit();
+    }
+  };
+  if (tile_path) {
+    fill(std::true_type{});
+  } else {
+    fill(std::false_type{});
   }
 
   // Query rows, pre-scaled, as hi and lo 16-bit parts; rows past num_q are zero.
@@ -376,16 +412,23 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     }
   };
 
-  int next_page = pages[kStages - 1], next_offset = offsets[kStages - 1];
-  for (int j = 0; j < my_tiles; ++j) {
-    const int jn = j + kStages - 1;
-    if (jn < my_tiles) issue(jn % kStages, jn, next_page, next_offset);
-    cp_async_commit();
-    lookup(jn + 1, next_page, next_offset);
-    cp_async_wait<kStages - 1>();
-    __syncwarp();
-    compute(j % kStages, j);
-    __syncwarp();  // the stage is refilled in a later iteration
+  auto stream = [&](auto tile_path_c) {
+    int next_page = pages[kStages - 1], next_offset = offsets[kStages - 1];
+    for (int j = 0; j < my_tiles; ++j) {
+      const int jn = j + kStages - 1;
+      if (jn < my_tiles) issue(tile_path_c, jn % kStages, jn, next_page, next_offset);
+      cp_async_commit();
+      lookup(jn + 1, next_page, next_offset);
+      cp_async_wait<kStages - 1>();
+      __syncwarp();
+      compute(j % kStages, j);
+      __syncwarp();  // the stage is refilled in a later iteration
+    }
+  };
+  if (tile_path) {
+    stream(std::true_type{});
+  } else {
+    stream(std::false_type{});
   }
   cp_async_wait<0>();
   l += __shfl_xor_sync(kFull, l, 1);
