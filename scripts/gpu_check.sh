@@ -72,6 +72,7 @@ for n in (2 * 1024**3, 134_217_728):
     print(f"sum  {n / 1e6:7.1f} MB: {t * 1e6:.1f} us, {n / t / 1e9:.0f} GB/s (read)")
     del x, y
 EOF
+  $PY benchmarks/read_ceiling.py --top 2 2>&1 | tee -a "$OUT/ceilings.txt"
   echo "== benchmark"
   $PY benchmarks/bench_decode.py --device cuda --json "$OUT/bench.json" --plot "$OUT/bench.png" \
     ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
