@@ -101,8 +101,13 @@ if [[ -z "$NVDISASM" ]]; then
   echo "check_cuda_compile: nvdisasm not found, skipping the SASS check"
   exit 0
 fi
+cubins=("$OUT_DIR"/keep/*.cubin)
+if [[ ! -f "${cubins[0]}" ]]; then
+  echo "check_cuda_compile: FAILED (no cubins kept for the SASS check)"
+  exit 1
+fi
 bad=0
-for cubin in "$OUT_DIR"/keep/*.cubin; do
+for cubin in "${cubins[@]}"; do
   n=$("$NVDISASM" -c "$cubin" | grep -cE 'desc\[UR[0-9]*[13579]\]' || true)
   if (( n > 0 )); then
     echo "  FAIL $(basename "$cubin"): $n instructions with an odd uniform descriptor register"
@@ -113,4 +118,4 @@ if (( bad != 0 )); then
   echo "check_cuda_compile: FAILED (SASS check)"
   exit 1
 fi
-echo "check_cuda_compile: SASS check passed ($(ls "$OUT_DIR"/keep/*.cubin | wc -l) cubins)"
+echo "check_cuda_compile: SASS check passed (${#cubins[@]} cubins)"
