@@ -58,6 +58,8 @@ def cuda_shapes(quick: bool) -> List[Shape]:
         return shapes[:2]
     shapes.append(Shape(64, 8192, 32, 8, 128, 16, "bfloat16", mixed=True))
     shapes += [Shape(64, 2048, 32, 8, 128, bs, "bfloat16") for bs in (1, 8, 32, 128)]
+    # Many short sequences (a common serving batch): one block reads only 256 tokens.
+    shapes.append(Shape(2048, 256, 32, 8, 128, 16, "bfloat16"))
     return shapes
 
 
