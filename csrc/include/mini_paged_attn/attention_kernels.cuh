@@ -147,8 +147,8 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   const int start = split * p.split_len;
   const int context_len_raw = p.kv.context_lens[seq];
 
-  // Query element k of this thread: row i / D of the block's heads, or -1 past
-  // num_q and in the sibling half of a paired row.
+  // Where this thread's query element k sits in the sequence's query (head
+  // head0 + i / D), or -1 past num_q and in the sibling half of a paired row.
   constexpr int kQPerThread = Tr::kHeads * D / Tr::kThreads;
   static_assert(Tr::kHeads * D % Tr::kThreads == 0, "query rows must split evenly");
   auto q_offset = [&](int k) -> int64_t {
