@@ -221,35 +221,27 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
     unsigned char* vs = ks + kTile * Tr::kRowBytes;
     const int valid_rows = end - tile_start(j);
-    if constexpr (decltype(tile_path_c)::value) {
-      const int row0 = tile_start(j) & offset_mask;
-      const cache_t* k_tile = k_base + int64_t{page} * kv.k_block_stride + row0 * kv.k_token_stride;
-      const cache_t* v_tile = v_base + int64_t{page} * kv.v_block_stride + row0 * kv.v_token_stride;
+    constexpr bool kTilePath = decltype(tile_path_c)::value;
+    const int row0 = tile_start(j) & offset_mask;  // tile path: the tile's first row in its page
+    const cache_t* k_tile = k_base + int64_t{page} * kv.k_block_stride + row0 * kv.k_token_stride;
+    const cache_t* v_tile = v_base + int64_t{page} * kv.v_block_stride + row0 * kv.v_token_stride;
 #pragma unroll
-      for (int k = 0; k < Tr::kChunks / 2; ++k) {
-        const int idx = lane + 32 * k;
-        const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
-        const int elem = c * (16 / int(sizeof(cache_t)));
-        const int dst = Tr::offset(row, c);
-        const bool valid = row < valid_rows;
+    for (int k = 0; k < Tr::kChunks / 2; ++k) {
+      const int idx = lane + 32 * k;
+      const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
+      const int elem = c * (16 / int(sizeof(cache_t)));
+      const int dst = Tr::offset(row, c);
+      const bool valid = row < valid_rows;
+      if constexpr (kTilePath) {
         cp_async_16(ks + dst, k_tile + row * kv.k_token_stride + elem, valid);
         cp_async_16(vs + dst, v_tile + row * kv.v_token_stride + elem, valid);
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < Tr::kChunks / 2; ++k) {
-        const int idx = lane + 32 * k;
-        const int row = idx / Tr::kChunks, c = idx % Tr::kChunks;
-        const bool valid = row < valid_rows;
-        const int pg = __shfl_sync(kFull, page, row);
-        const int off = __shfl_sync(kFull, offset, row);
-        const int64_t blk = valid ? pg : 0;
-        const int elem = c * (16 / int(sizeof(cache_t)));
-        const cache_t* k_src = k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem;
-        const cache_t* v_src = v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem;
-        const int dst = Tr::offset(row, c);
-        cp_async_16(ks + dst, k_src, valid, policy);
-        cp_async_16(vs + dst, v_src, valid, policy);
+      } else {
+        const int pg = __shfl_sync(kFull, page, row), off = __shfl_sync(kFull, offset, row);
+        const int64_t blk = valid ? pg : 0;  // rows past the context may hold garbage ids
+        cp_async_16(ks + dst, k_base + blk * kv.k_block_stride + off * kv.k_token_stride + elem,
+                    valid, policy);
+        cp_async_16(vs + dst, v_base + blk * kv.v_block_stride + off * kv.v_token_stride + elem,
+                    valid, policy);
       }
     }
   };
