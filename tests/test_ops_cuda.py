@@ -186,6 +186,16 @@ def test_paged_attention_split_boundaries(context):
     run_and_check([context], 8, 1, 64, 16, torch.float32, torch.bfloat16, max_blocks=1024)
 
 
+@pytest.mark.parametrize("dtypes,head_size,num_heads,num_kv_heads",
+                         [(DTYPES[2], 256, 8, 1), (DTYPES[0], 128, 16, 2)],
+                         ids=["f32-d256", "bf16-d128"])
+def test_paged_attention_split_merge_batches(dtypes, head_size, num_heads, num_kv_heads):
+    """More split outputs than the merging block holds in shared memory at once
+    (eight query heads, many splits): it merges them in batches."""
+    torch.manual_seed(head_size)
+    run_and_check([32768, 5], num_heads, num_kv_heads, head_size, 16, *dtypes)
+
+
 def test_paged_attention_split_merge_repeats():
     """The last block of each split row merges and resets its arrival counter: every
     launch merges (launches with other grids in between), with identical results."""

@@ -37,19 +37,18 @@ void check_cache_alignment(const char* op, const char* name, const at::Tensor& c
 // Splits the context when the (sequence, kv head) blocks cannot fill the GPU.
 // Decided from shapes only (max_context is the block-table capacity), never
 // from context_lens, so nothing synchronises. A split launch needs one arrival
-// counter per block row, and the merging block keeps max_splits weights a head.
+// counter per block row.
 struct SplitPlan {
   int split_len;
   int num_splits;
 };
 
-SplitPlan plan_splits(int64_t blocks_per_split, int max_context, int slots, int block_tokens,
-                      int max_splits) {
+SplitPlan plan_splits(int64_t blocks_per_split, int max_context, int slots, int block_tokens) {
   const int whole = std::max(block_tokens, ceil_div(std::max(max_context, 1), block_tokens) *
                                                block_tokens);
   if (blocks_per_split >= std::min(slots, kSplitCounters)) return {whole, 1};
   // Splits that make about one full wave.
-  const int64_t want = std::min<int64_t>(slots / blocks_per_split, max_splits);
+  const int64_t want = slots / blocks_per_split;
   int split_len = ceil_div(ceil_div(max_context, want), block_tokens) * block_tokens;
   split_len = std::min(whole, std::max(split_len, kMinSplitTokens));
   return {split_len, ceil_div(std::max(max_context, 1), split_len)};
@@ -81,8 +80,7 @@ void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seq
   const int64_t blocks = static_cast<int64_t>(num_seqs) * p.num_kv_heads * p.head_chunks;
   TORCH_CHECK(blocks < (int64_t{1} << 31), "paged_attention: too many sequences and heads");
   const SplitPlan plan =
-      plan_splits(blocks, p.max_context, num_sms(device) * blocks_per_sm, Tr::kBlockTokens,
-                  Tr::kMaxSplits);
+      plan_splits(blocks, p.max_context, num_sms(device) * blocks_per_sm, Tr::kBlockTokens);
   p.split_len = plan.split_len;
   p.num_splits = plan.num_splits;
   // Evict-first copies, measured on H100: -4 us (-6%) on one-wave split
@@ -91,15 +89,11 @@ void launch_attention(PagedAttentionParams p, const at::Tensor& out, int num_seq
   // before that block reads it). So only split launches with whole-line rows.
   p.evict_first = plan.num_splits > 1 && HEAD_SIZE * sizeof(cache_t) % 256 == 0;
 
-  at::Tensor tmp_out, max_logits, exp_sums;
+  at::Tensor tmp_out;
   if (plan.num_splits > 1) {
-    const auto opts = out.options().dtype(at::kFloat);
-    tmp_out = at::empty({num_seqs, p.num_heads, plan.num_splits, HEAD_SIZE}, opts);
-    max_logits = at::empty({num_seqs, p.num_heads, plan.num_splits}, opts);
-    exp_sums = at::empty({num_seqs, p.num_heads, plan.num_splits}, opts);
+    tmp_out = at::empty({num_seqs, p.num_heads, plan.num_splits, HEAD_SIZE + 4},
+                        out.options().dtype(at::kFloat));
     p.tmp_out = tmp_out.data_ptr<float>();
-    p.max_logits = max_logits.data_ptr<float>();
-    p.exp_sums = exp_sums.data_ptr<float>();
     p.counter_base = take_split_counters(static_cast<int>(blocks));
   }
 

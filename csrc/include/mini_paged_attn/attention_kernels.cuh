@@ -34,9 +34,9 @@ __device__ unsigned int split_arrivals[kSplitCounters];
 // Everything one launch of the decode kernel needs. Strides are in elements.
 struct PagedAttentionParams {
   void* out;                    // [num_seqs, num_heads, head_size], query dtype
-  float* tmp_out;               // [num_seqs, num_heads, num_splits, head_size] (num_splits > 1)
-  float* max_logits;            // [num_seqs, num_heads, num_splits], log2 domain
-  float* exp_sums;              // [num_seqs, num_heads, num_splits]
+  // Split partials (num_splits > 1), [num_seqs, num_heads, num_splits, head_size + 4]:
+  // the split's normalised output, then its max score (log2 domain) and sum of exp2.
+  float* tmp_out;
   const void* query;            // [num_seqs, num_heads, head_size]
   PagedKV kv;
   int64_t out_seq_stride, out_head_stride;
@@ -102,12 +102,12 @@ struct AttnTraits {
   static constexpr int kQBytes = 16 * kQRowBytes;
   static constexpr int kPipeBytes = kWarps * kStages * kStageBytes;
   static constexpr int kMergeBytes = kWarps * kHeads * (HEAD_SIZE + 2) * 4;
-  static constexpr int kSmemBytes =
-      kQBytes + (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes);
-  // The block that merges the splits keeps their weights, [kHeads][num_splits],
-  // and kHeads inverse sums in the pipeline buffers.
-  static constexpr int kMaxSplits =
-      (kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes) / (4 * kHeads) - 1;
+  // The pipeline buffers, reused by the warp merge and the split merge.
+  static constexpr int kMergeSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+  static constexpr int kSmemBytes = kQBytes + kMergeSmemBytes;
+  // The split merge holds at least one partial row (and weight) of every head at a time.
+  static_assert(kHeads * (HEAD_SIZE + 10) * 4 + 16 <= kMergeSmemBytes,
+                "split merge buffer too small");
   static_assert(HEAD_SIZE % 16 == 0, "head_size must be a multiple of 16");
   static_assert(kChunks % 2 == 0, "a 16-token tile must split evenly over 32 lanes");
 };
@@ -466,86 +466,154 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
       const int e = head_elem<D>(p, head, d);
       if (e >= 0) out[head * p.out_head_stride + e] = Convert<query_t>::from_float(acc / l_all);
     } else {
-      const int64_t row = (static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split;
-      p.tmp_out[row * D + d] = acc / l_all;
+      float* part = p.tmp_out + ((static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits +
+                                 split) * (D + 4);
+      part[d] = acc / l_all;
       if (d == 0) {
-        p.max_logits[row] = m_all;
-        p.exp_sums[row] = l_all;
+        part[D] = m_all;
+        part[D + 1] = l_all;
       }
     }
   }
   if (used_splits == 1) return;
 
   // The last block of this (sequence, kv_head, group) to arrive merges the
-  // splits. Every thread's partial writes precede the barrier, and thread 0's
-  // fence orders them (cumulatively) before its arrival; the last arrival's
-  // fence orders the other blocks' partials before the reads below, which go
-  // to L2 (ld.cg) since other SMs wrote them.
+  // splits. Every thread's partial writes precede the barrier, so thread 0's
+  // release orders them (cumulatively) before its arrival; the last arrival's
+  // acquire orders every split's partial before the copies below.
   __shared__ bool merge_here;
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned int* counter = split_arrivals + p.counter_base + blockIdx.x;
-    __threadfence();
-    const bool last = atomicAdd(counter, 1u) == static_cast<unsigned int>(used_splits - 1);
-    if (last) {
-      *counter = 0u;  // every arrival is in: leave it at zero for the next launch
-      __threadfence();
-    }
-    merge_here = last;
+    merge_here = atomic_add_acq_rel(counter, 1u) == static_cast<unsigned int>(used_splits - 1);
+    if (merge_here) *counter = 0u;  // every arrival is in: leave it at zero for the next launch
   }
   __syncthreads();
   if (!merge_here) return;
 
-  // Split weights exp2(m_s - max m) * l_s, one warp per head; the warp merge
-  // buffers are free again after the barriers above.
-  float* weights = reinterpret_cast<float*>(pipe_smem);      // [kHeads][num_splits]
-  float* inv_total = weights + Tr::kHeads * p.num_splits;  // [kHeads]
-  const int64_t head_row0 = static_cast<int64_t>(seq) * p.num_heads + head0;
-  for (int g = warp; g < num_q; g += kWarps) {
-    const float* ml = p.max_logits + (head_row0 + g) * p.num_splits;
-    const float* es = p.exp_sums + (head_row0 + g) * p.num_splits;
-    float m_all = -INFINITY;
-    for (int s = lane; s < used_splits; s += 32) m_all = fmaxf(m_all, __ldcg(ml + s));
-#pragma unroll
-    for (int mask = 16; mask > 0; mask /= 2) {
-      m_all = fmaxf(m_all, __shfl_xor_sync(kFull, m_all, mask));
+  // The merge runs at the tail of the launch, where each round trip to L2
+  // takes over a microsecond (other blocks still stream), so it makes one: the
+  // partial rows of each head, a contiguous run, are copied into shared memory
+  // (in batches when they do not fit) and merged there. On sm_90 the copy
+  // engine moves each run in one instruction; 16-byte cp.async copies issued
+  // by the block took 2 us, queued behind the SM's other block's stream.
+  constexpr int kPart = D + 4;  // floats a partial row
+  // Per head: the running max and sum over the batches merged so far, the
+  // factor that rescales them to the current batch's max, and its split weights.
+  float* head_state = reinterpret_cast<float*>(pipe_smem);  // [3][kHeads]: max, sum, rescale
+  float* weights = head_state + 3 * Tr::kHeads;              // [num_q][batch]
+  const int batch = min(used_splits, (Tr::kMergeSmemBytes / 4 - 4 * Tr::kHeads) /
+                                         (num_q * (kPart + 1)));
+  float* parts = weights + ((num_q * batch + 3) & ~3);  // [num_q][batch][kPart], 16 B aligned
+  const float* part_rows =
+      p.tmp_out + (static_cast<int64_t>(seq) * p.num_heads + head0) * p.num_splits * kPart;
+  __shared__ uint64_t parts_ready;  // completion of the bulk copies (sm_90)
+  auto copy_parts = [&](int s0) {
+    const int n = min(batch, used_splits - s0);
+    const float* src = part_rows + s0 * kPart;
+#if __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+      if (s0 == 0) mbarrier_init(&parts_ready);
+      fence_proxy_async();  // after the acquire, and after this block's own accesses to the buffer
+      mbarrier_expect_tx(&parts_ready, num_q * n * kPart * 4);
+      for (int g = 0; g < num_q; ++g) {
+        bulk_copy_g2s(parts + g * batch * kPart, src + g * p.num_splits * kPart, n * kPart * 4,
+                      &parts_ready);
+      }
     }
-    float total = 0.f;
-    for (int s = lane; s < used_splits; s += 32) {
-      const float w = exp2f(__ldcg(ml + s) - m_all) * __ldcg(es + s);
-      weights[g * p.num_splits + s] = w;
-      total += w;
+#else
+    for (int g = 0; g < num_q; ++g) {
+      for (int k = threadIdx.x; k < n * kPart / 4; k += Tr::kThreads) {
+        cp_async_16(parts + g * batch * kPart + k * 4, src + g * p.num_splits * kPart + k * 4, true);
+      }
     }
-#pragma unroll
-    for (int mask = 16; mask > 0; mask /= 2) total += __shfl_xor_sync(kFull, total, mask);
-    if (lane == 0) inv_total[g] = 1.f / total;
-  }
-  __syncthreads();
+    cp_async_commit();
+#endif
+  };
 
-  // Four output elements a thread, with 16-byte loads of the split outputs, so
-  // that many loads are in flight: this runs at the tail of the launch.
-  for (int i = threadIdx.x; i < num_q * D / 4; i += Tr::kThreads) {
+  // Splits are merged in order, so the result does not depend on which block
+  // merges: a warp per head turns a batch's maxima and sums into weights, then
+  // each thread accumulates four output elements.
+  constexpr int kOutPerThread = (Tr::kHeads * D / 4 + Tr::kThreads - 1) / Tr::kThreads;
+  float4 acc[kOutPerThread];
+#pragma unroll
+  for (int k = 0; k < kOutPerThread; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (threadIdx.x < Tr::kHeads) {
+    head_state[threadIdx.x] = -INFINITY;
+    head_state[Tr::kHeads + threadIdx.x] = 0.f;
+  }
+  copy_parts(0);
+  __syncthreads();  // the mbarrier's initialisation, before anyone waits on it
+  for (int b = 0, s0 = 0; s0 < used_splits; ++b, s0 += batch) {
+    if (b > 0) {
+      __syncthreads();  // every thread is done with the previous batch
+      copy_parts(s0);
+    }
+#if __CUDA_ARCH__ >= 900
+    mbarrier_wait(&parts_ready, b & 1);
+#else
+    cp_async_wait<0>();
+    __syncthreads();
+#endif
+    const int n = min(batch, used_splits - s0);
+    for (int g = warp; g < num_q; g += kWarps) {
+      const float* rows = parts + g * batch * kPart;
+      float m_new = head_state[g];
+      for (int s = lane; s < n; s += 32) m_new = fmaxf(m_new, rows[s * kPart + D]);
+#pragma unroll
+      for (int mask = 16; mask > 0; mask /= 2) {
+        m_new = fmaxf(m_new, __shfl_xor_sync(kFull, m_new, mask));
+      }
+      float sum = 0.f;
+      for (int s = lane; s < n; s += 32) {
+        const float w = exp2f(rows[s * kPart + D] - m_new) * rows[s * kPart + D + 1];
+        weights[g * batch + s] = w;
+        sum += w;
+      }
+#pragma unroll
+      for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(kFull, sum, mask);
+      if (lane == 0) {
+        const float rescale = exp2f(head_state[g] - m_new);  // 0 on the first batch
+        head_state[g] = m_new;
+        head_state[Tr::kHeads + g] = head_state[Tr::kHeads + g] * rescale + sum;
+        head_state[2 * Tr::kHeads + g] = rescale;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kOutPerThread; ++k) {
+      const int i = threadIdx.x + k * Tr::kThreads;
+      if (i >= num_q * D / 4) break;
+      const int g = i / (D / 4), d = i % (D / 4) * 4;
+      const float rescale = head_state[2 * Tr::kHeads + g];
+      float4 a = make_float4(acc[k].x * rescale, acc[k].y * rescale, acc[k].z * rescale,
+                             acc[k].w * rescale);
+      const float* w = weights + g * batch;
+      const float* rows = parts + g * batch * kPart + d;
+#pragma unroll 4
+      for (int s = 0; s < n; ++s) {
+        const float4 v = *reinterpret_cast<const float4*>(rows + s * kPart);
+        a.x += w[s] * v.x;
+        a.y += w[s] * v.y;
+        a.z += w[s] * v.z;
+        a.w += w[s] * v.w;
+      }
+      acc[k] = a;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kOutPerThread; ++k) {
+    const int i = threadIdx.x + k * Tr::kThreads;
+    if (i >= num_q * D / 4) break;
     const int g = i / (D / 4), d = i % (D / 4) * 4;
     const int e = head_elem<D>(p, head0 + g, d);
     if (e < 0) continue;  // the other head's half of a paired row
-    const float4* t =
-        reinterpret_cast<const float4*>(p.tmp_out + (head_row0 + g) * p.num_splits * D + d);
-    const float* w = weights + g * p.num_splits;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-    for (int s = 0; s < used_splits; ++s) {
-      const float4 v = __ldcg(t + s * (D / 4));
-      acc.x += w[s] * v.x;
-      acc.y += w[s] * v.y;
-      acc.z += w[s] * v.z;
-      acc.w += w[s] * v.w;
-    }
-    const float scale = inv_total[g];
+    const float scale = 1.f / head_state[Tr::kHeads + g];
     query_t* o = out + (head0 + g) * p.out_head_stride + e;
-    o[0] = Convert<query_t>::from_float(acc.x * scale);
-    o[1] = Convert<query_t>::from_float(acc.y * scale);
-    o[2] = Convert<query_t>::from_float(acc.z * scale);
-    o[3] = Convert<query_t>::from_float(acc.w * scale);
+    o[0] = Convert<query_t>::from_float(acc[k].x * scale);
+    o[1] = Convert<query_t>::from_float(acc[k].y * scale);
+    o[2] = Convert<query_t>::from_float(acc[k].z * scale);
+    o[3] = Convert<query_t>::from_float(acc[k].w * scale);
   }
 #else
   __trap();  // the host side refuses devices older than sm_80
