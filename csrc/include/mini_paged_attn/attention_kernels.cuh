@@ -74,6 +74,7 @@ struct AttnTraits {
   // fp32 caches are fed to bf16 tensor cores as hi + lo pairs.
   using mma_t = std::conditional_t<std::is_same_v<cache_t, __half>, __half, __nv_bfloat16>;
   static constexpr bool kFloatCache = std::is_same_v<cache_t, float>;
+  static constexpr int kHeadSize = HEAD_SIZE;
   static constexpr int kHeads = kHeadsPerBlock;
   static constexpr int kTileTokens = 16;  // tokens per warp and pipeline stage: one MMA k-step
   static constexpr int kChunks = HEAD_SIZE * int(sizeof(cache_t)) / 16;  // 16-byte pieces a row
@@ -112,6 +113,158 @@ struct AttnTraits {
   static_assert(kChunks % 2 == 0, "a 16-token tile must split evenly over 32 lanes");
 };
 
+// Every block of a split launch calls this after writing its partial row; the
+// last block of its (sequence, kv_head, group) to arrive merges the row's
+// splits into `out`. `smem` is the block's pipeline buffer, idle by then.
+template <typename Tr, typename query_t>
+__device__ __forceinline__ void merge_splits(const PagedAttentionParams& p, unsigned char* smem,
+                                             int seq, int head0, int num_q, int used_splits,
+                                             query_t* out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int D = Tr::kHeadSize, kWarps = Tr::kWarps;
+  constexpr unsigned kFull = 0xffffffffu;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  // Every thread's partial writes precede the barrier, so thread 0's
+  // release orders them (cumulatively) before its arrival; the last arrival's
+  // acquire orders every split's partial before the copies below.
+  __shared__ bool merge_here;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned int* counter = split_arrivals + p.counter_base + blockIdx.x;
+    merge_here = atomic_add_acq_rel(counter, 1u) == static_cast<unsigned int>(used_splits - 1);
+    if (merge_here) *counter = 0u;  // every arrival is in: leave it at zero for the next launch
+  }
+  __syncthreads();
+  if (!merge_here) return;
+
+  // The merge runs at the tail of the launch, where each round trip to L2
+  // takes over a microsecond (other blocks still stream), so it makes one: the
+  // partial rows of each head, a contiguous run, are copied into shared memory
+  // (in batches when they do not fit) and merged there. On sm_90 the copy
+  // engine moves each run in one instruction; 16-byte cp.async copies issued
+  // by the block took 2 us, queued behind the SM's other block's stream.
+  constexpr int kPart = D + 4;  // floats a partial row
+  // Per head: the running max and sum over the batches merged so far, the
+  // factor that rescales them to the current batch's max, and its split weights.
+  float* head_state = reinterpret_cast<float*>(smem);  // [3][kHeads]: max, sum, rescale
+  float* weights = head_state + 3 * Tr::kHeads;              // [num_q][batch]
+  const int batch = min(used_splits, (Tr::kMergeSmemBytes / 4 - 4 * Tr::kHeads) /
+                                         (num_q * (kPart + 1)));
+  float* parts = weights + ((num_q * batch + 3) & ~3);  // [num_q][batch][kPart], 16 B aligned
+  const float* part_rows =
+      p.tmp_out + (static_cast<int64_t>(seq) * p.num_heads + head0) * p.num_splits * kPart;
+  __shared__ uint64_t parts_ready;  // completion of the bulk copies (sm_90)
+  auto copy_parts = [&](int s0) {
+    const int n = min(batch, used_splits - s0);
+    const float* src = part_rows + s0 * kPart;
+#if __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) {
+      if (s0 == 0) mbarrier_init(&parts_ready);
+      fence_proxy_async();  // after the acquire, and after this block's own accesses to the buffer
+      mbarrier_expect_tx(&parts_ready, num_q * n * kPart * 4);
+      for (int g = 0; g < num_q; ++g) {
+        bulk_copy_g2s(parts + g * batch * kPart, src + g * p.num_splits * kPart, n * kPart * 4,
+                      &parts_ready);
+      }
+    }
+#else
+    for (int g = 0; g < num_q; ++g) {
+      for (int k = threadIdx.x; k < n * kPart / 4; k += Tr::kThreads) {
+        cp_async_16(parts + g * batch * kPart + k * 4, src + g * p.num_splits * kPart + k * 4, true);
+      }
+    }
+    cp_async_commit();
+#endif
+  };
+
+  // Splits are merged in order, so the result does not depend on which block
+  // merges: a warp per head turns a batch's maxima and sums into weights, then
+  // each thread accumulates four output elements.
+  constexpr int kOutPerThread = (Tr::kHeads * D / 4 + Tr::kThreads - 1) / Tr::kThreads;
+  float4 acc[kOutPerThread];
+#pragma unroll
+  for (int k = 0; k < kOutPerThread; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (threadIdx.x < Tr::kHeads) {
+    head_state[threadIdx.x] = -INFINITY;
+    head_state[Tr::kHeads + threadIdx.x] = 0.f;
+  }
+  copy_parts(0);
+  __syncthreads();  // the mbarrier's initialisation, before anyone waits on it
+  for (int b = 0, s0 = 0; s0 < used_splits; ++b, s0 += batch) {
+    if (b > 0) {
+      __syncthreads();  // every thread is done with the previous batch
+      copy_parts(s0);
+    }
+#if __CUDA_ARCH__ >= 900
+    mbarrier_wait(&parts_ready, b & 1);
+#else
+    cp_async_wait<0>();
+    __syncthreads();
+#endif
+    const int n = min(batch, used_splits - s0);
+    for (int g = warp; g < num_q; g += kWarps) {
+      const float* rows = parts + g * batch * kPart;
+      float m_new = head_state[g];
+      for (int s = lane; s < n; s += 32) m_new = fmaxf(m_new, rows[s * kPart + D]);
+#pragma unroll
+      for (int mask = 16; mask > 0; mask /= 2) {
+        m_new = fmaxf(m_new, __shfl_xor_sync(kFull, m_new, mask));
+      }
+      float sum = 0.f;
+      for (int s = lane; s < n; s += 32) {
+        const float w = exp2f(rows[s * kPart + D] - m_new) * rows[s * kPart + D + 1];
+        weights[g * batch + s] = w;
+        sum += w;
+      }
+#pragma unroll
+      for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(kFull, sum, mask);
+      if (lane == 0) {
+        const float rescale = exp2f(head_state[g] - m_new);  // 0 on the first batch
+        head_state[g] = m_new;
+        head_state[Tr::kHeads + g] = head_state[Tr::kHeads + g] * rescale + sum;
+        head_state[2 * Tr::kHeads + g] = rescale;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kOutPerThread; ++k) {
+      const int i = threadIdx.x + k * Tr::kThreads;
+      if (i >= num_q * D / 4) break;
+      const int g = i / (D / 4), d = i % (D / 4) * 4;
+      const float rescale = head_state[2 * Tr::kHeads + g];
+      float4 a = make_float4(acc[k].x * rescale, acc[k].y * rescale, acc[k].z * rescale,
+                             acc[k].w * rescale);
+      const float* w = weights + g * batch;
+      const float* rows = parts + g * batch * kPart + d;
+#pragma unroll 4
+      for (int s = 0; s < n; ++s) {
+        const float4 v = *reinterpret_cast<const float4*>(rows + s * kPart);
+        a.x += w[s] * v.x;
+        a.y += w[s] * v.y;
+        a.z += w[s] * v.z;
+        a.w += w[s] * v.w;
+      }
+      acc[k] = a;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kOutPerThread; ++k) {
+    const int i = threadIdx.x + k * Tr::kThreads;
+    if (i >= num_q * D / 4) break;
+    const int g = i / (D / 4), d = i % (D / 4) * 4;
+    const int e = head_elem<D>(p, head0 + g, d);
+    if (e < 0) continue;  // the other head's half of a paired row
+    const float scale = 1.f / head_state[Tr::kHeads + g];
+    query_t* o = out + (head0 + g) * p.out_head_stride + e;
+    o[0] = Convert<query_t>::from_float(acc[k].x * scale);
+    o[1] = Convert<query_t>::from_float(acc[k].y * scale);
+    o[2] = Convert<query_t>::from_float(acc[k].z * scale);
+    o[3] = Convert<query_t>::from_float(acc[k].w * scale);
+  }
+#endif
+}
+
 template <typename query_t, typename cache_t, int HEAD_SIZE>
 __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
     paged_attention_kernel(const PagedAttentionParams p) {
@@ -124,7 +277,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
 
   // 128-byte aligned, so that swizzled tile rows start on bank-group 0 and each
   // 8-lane group of a copy writes one aligned 128-byte line: with the 16-byte
-  // alignment it had, the static `merge_here` below put the buffer at byte 16,
+  // alignment it had, the static `merge_here` (merge_splits) put it at byte 16,
   // which made the copies ask L2 for 33 sectors per 512 bytes instead of 20.
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* q_smem = smem;                   // [16][kQRowBytes]: hi rows, then lo rows
@@ -477,144 +630,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   }
   if (used_splits == 1) return;
 
-  // The last block of this (sequence, kv_head, group) to arrive merges the
-  // splits. Every thread's partial writes precede the barrier, so thread 0's
-  // release orders them (cumulatively) before its arrival; the last arrival's
-  // acquire orders every split's partial before the copies below.
-  __shared__ bool merge_here;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned int* counter = split_arrivals + p.counter_base + blockIdx.x;
-    merge_here = atomic_add_acq_rel(counter, 1u) == static_cast<unsigned int>(used_splits - 1);
-    if (merge_here) *counter = 0u;  // every arrival is in: leave it at zero for the next launch
-  }
-  __syncthreads();
-  if (!merge_here) return;
-
-  // The merge runs at the tail of the launch, where each round trip to L2
-  // takes over a microsecond (other blocks still stream), so it makes one: the
-  // partial rows of each head, a contiguous run, are copied into shared memory
-  // (in batches when they do not fit) and merged there. On sm_90 the copy
-  // engine moves each run in one instruction; 16-byte cp.async copies issued
-  // by the block took 2 us, queued behind the SM's other block's stream.
-  constexpr int kPart = D + 4;  // floats a partial row
-  // Per head: the running max and sum over the batches merged so far, the
-  // factor that rescales them to the current batch's max, and its split weights.
-  float* head_state = reinterpret_cast<float*>(pipe_smem);  // [3][kHeads]: max, sum, rescale
-  float* weights = head_state + 3 * Tr::kHeads;              // [num_q][batch]
-  const int batch = min(used_splits, (Tr::kMergeSmemBytes / 4 - 4 * Tr::kHeads) /
-                                         (num_q * (kPart + 1)));
-  float* parts = weights + ((num_q * batch + 3) & ~3);  // [num_q][batch][kPart], 16 B aligned
-  const float* part_rows =
-      p.tmp_out + (static_cast<int64_t>(seq) * p.num_heads + head0) * p.num_splits * kPart;
-  __shared__ uint64_t parts_ready;  // completion of the bulk copies (sm_90)
-  auto copy_parts = [&](int s0) {
-    const int n = min(batch, used_splits - s0);
-    const float* src = part_rows + s0 * kPart;
-#if __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) {
-      if (s0 == 0) mbarrier_init(&parts_ready);
-      fence_proxy_async();  // after the acquire, and after this block's own accesses to the buffer
-      mbarrier_expect_tx(&parts_ready, num_q * n * kPart * 4);
-      for (int g = 0; g < num_q; ++g) {
-        bulk_copy_g2s(parts + g * batch * kPart, src + g * p.num_splits * kPart, n * kPart * 4,
-                      &parts_ready);
-      }
-    }
-#else
-    for (int g = 0; g < num_q; ++g) {
-      for (int k = threadIdx.x; k < n * kPart / 4; k += Tr::kThreads) {
-        cp_async_16(parts + g * batch * kPart + k * 4, src + g * p.num_splits * kPart + k * 4, true);
-      }
-    }
-    cp_async_commit();
-#endif
-  };
-
-  // Splits are merged in order, so the result does not depend on which block
-  // merges: a warp per head turns a batch's maxima and sums into weights, then
-  // each thread accumulates four output elements.
-  constexpr int kOutPerThread = (Tr::kHeads * D / 4 + Tr::kThreads - 1) / Tr::kThreads;
-  float4 acc[kOutPerThread];
-#pragma unroll
-  for (int k = 0; k < kOutPerThread; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (threadIdx.x < Tr::kHeads) {
-    head_state[threadIdx.x] = -INFINITY;
-    head_state[Tr::kHeads + threadIdx.x] = 0.f;
-  }
-  copy_parts(0);
-  __syncthreads();  // the mbarrier's initialisation, before anyone waits on it
-  for (int b = 0, s0 = 0; s0 < used_splits; ++b, s0 += batch) {
-    if (b > 0) {
-      __syncthreads();  // every thread is done with the previous batch
-      copy_parts(s0);
-    }
-#if __CUDA_ARCH__ >= 900
-    mbarrier_wait(&parts_ready, b & 1);
-#else
-    cp_async_wait<0>();
-    __syncthreads();
-#endif
-    const int n = min(batch, used_splits - s0);
-    for (int g = warp; g < num_q; g += kWarps) {
-      const float* rows = parts + g * batch * kPart;
-      float m_new = head_state[g];
-      for (int s = lane; s < n; s += 32) m_new = fmaxf(m_new, rows[s * kPart + D]);
-#pragma unroll
-      for (int mask = 16; mask > 0; mask /= 2) {
-        m_new = fmaxf(m_new, __shfl_xor_sync(kFull, m_new, mask));
-      }
-      float sum = 0.f;
-      for (int s = lane; s < n; s += 32) {
-        const float w = exp2f(rows[s * kPart + D] - m_new) * rows[s * kPart + D + 1];
-        weights[g * batch + s] = w;
-        sum += w;
-      }
-#pragma unroll
-      for (int mask = 16; mask > 0; mask /= 2) sum += __shfl_xor_sync(kFull, sum, mask);
-      if (lane == 0) {
-        const float rescale = exp2f(head_state[g] - m_new);  // 0 on the first batch
-        head_state[g] = m_new;
-        head_state[Tr::kHeads + g] = head_state[Tr::kHeads + g] * rescale + sum;
-        head_state[2 * Tr::kHeads + g] = rescale;
-      }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < kOutPerThread; ++k) {
-      const int i = threadIdx.x + k * Tr::kThreads;
-      if (i >= num_q * D / 4) break;
-      const int g = i / (D / 4), d = i % (D / 4) * 4;
-      const float rescale = head_state[2 * Tr::kHeads + g];
-      float4 a = make_float4(acc[k].x * rescale, acc[k].y * rescale, acc[k].z * rescale,
-                             acc[k].w * rescale);
-      const float* w = weights + g * batch;
-      const float* rows = parts + g * batch * kPart + d;
-#pragma unroll 4
-      for (int s = 0; s < n; ++s) {
-        const float4 v = *reinterpret_cast<const float4*>(rows + s * kPart);
-        a.x += w[s] * v.x;
-        a.y += w[s] * v.y;
-        a.z += w[s] * v.z;
-        a.w += w[s] * v.w;
-      }
-      acc[k] = a;
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kOutPerThread; ++k) {
-    const int i = threadIdx.x + k * Tr::kThreads;
-    if (i >= num_q * D / 4) break;
-    const int g = i / (D / 4), d = i % (D / 4) * 4;
-    const int e = head_elem<D>(p, head0 + g, d);
-    if (e < 0) continue;  // the other head's half of a paired row
-    const float scale = 1.f / head_state[Tr::kHeads + g];
-    query_t* o = out + (head0 + g) * p.out_head_stride + e;
-    o[0] = Convert<query_t>::from_float(acc[k].x * scale);
-    o[1] = Convert<query_t>::from_float(acc[k].y * scale);
-    o[2] = Convert<query_t>::from_float(acc[k].z * scale);
-    o[3] = Convert<query_t>::from_float(acc[k].w * scale);
-  }
+  merge_splits<Tr>(p, pipe_smem, seq, head0, num_q, used_splits, out);
 #else
   __trap();  // the host side refuses devices older than sm_80
 #endif
