@@ -8,6 +8,9 @@
 //
 //   make bench-copy    (a GPU machine with nvcc; the TMA rows need sm_90)
 //
+// Stand-alone (plain nvcc, no torch headers), so it carries its own small PTX
+// wrappers rather than cuda_utils.cuh's, in the exact forms its rows compare.
+//
 // Each row is the median of 25 launches, each after a 256 MB memset that
 // flushes L2, as triton's do_bench does. Rows that fold the bytes they read
 // with XOR print the same checksum; the ldmatrix and MMA rows fold otherwise.

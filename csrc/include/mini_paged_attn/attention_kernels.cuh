@@ -102,12 +102,12 @@ struct AttnTraits {
   static constexpr int kQRowBytes = HEAD_SIZE * 2 + 16;
   static constexpr int kQBytes = 16 * kQRowBytes;
   static constexpr int kPipeBytes = kWarps * kStages * kStageBytes;
-  static constexpr int kMergeBytes = kWarps * kHeads * (HEAD_SIZE + 2) * 4;
+  static constexpr int kWarpMergeBytes = kWarps * kHeads * (HEAD_SIZE + 2) * 4;
   // The pipeline buffers, reused by the warp merge and the split merge.
-  static constexpr int kMergeSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
-  static constexpr int kSmemBytes = kQBytes + kMergeSmemBytes;
+  static constexpr int kBufferBytes = kPipeBytes > kWarpMergeBytes ? kPipeBytes : kWarpMergeBytes;
+  static constexpr int kSmemBytes = kQBytes + kBufferBytes;
   // The split merge holds at least one partial row (and weight) of every head at a time.
-  static_assert(kHeads * (HEAD_SIZE + 10) * 4 + 16 <= kMergeSmemBytes,
+  static_assert(kHeads * (HEAD_SIZE + 10) * 4 + 16 <= kBufferBytes,
                 "split merge buffer too small");
   static_assert(HEAD_SIZE % 16 == 0, "head_size must be a multiple of 16");
   static_assert(kChunks % 2 == 0, "a 16-token tile must split evenly over 32 lanes");
@@ -149,7 +149,7 @@ __device__ __forceinline__ void merge_splits(const PagedAttentionParams& p, unsi
   // factor that rescales them to the current batch's max, and its split weights.
   float* head_state = reinterpret_cast<float*>(smem);  // [3][kHeads]: max, sum, rescale
   float* weights = head_state + 3 * Tr::kHeads;              // [num_q][batch]
-  const int batch = min(used_splits, (Tr::kMergeSmemBytes / 4 - 4 * Tr::kHeads) /
+  const int batch = min(used_splits, (Tr::kBufferBytes / 4 - 4 * Tr::kHeads) /
                                          (num_q * (kPart + 1)));
   float* parts = weights + ((num_q * batch + 3) & ~3);  // [num_q][batch][kPart], 16 B aligned
   const float* part_rows =
