@@ -181,27 +181,44 @@ def run(device: str, quick: bool, shapes: List[Shape]) -> List[dict]:
     return results
 
 
-def profile_kernels(shapes: List[Shape]) -> None:
-    """Device time of each kernel paged_attention launches (CUDA), via torch.profiler."""
+def profile_kernels(shapes: List[Shape], reps: int = 100) -> None:
+    """Device time of each kernel that paged_attention and SDPA launch (CUDA).
+
+    Each call follows the same 256 MB L2 flush do_bench makes, so these are the
+    kernels' own times under the benchmark's cold cache; the gap to the do_bench
+    time is what every timed call costs around its kernels (launch and events).
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    for shape in shapes:
-        case = Case(shape, "cuda")
-        fn = case.impls("cuda")["paged_attention"]
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
+    def kernel_times(fn: Callable[[], object], n: int) -> Dict[str, List[float]]:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(20):
+            for _ in range(n):
                 fn()
             torch.cuda.synchronize()
-        for evt in prof.key_averages():
-            total = getattr(evt, "self_device_time_total", None)
-            if total is None:
-                total = evt.self_cuda_time_total
-            if total > 0:
-                print(f"  {shape.label:<46} {evt.key[:60]:<60} {total / evt.count:8.1f} us")
+        times: Dict[str, List[float]] = {}
+        for evt in prof.events():
+            if evt.device_type == torch.autograd.DeviceType.CUDA:
+                times.setdefault(evt.name, []).append(evt.time_range.elapsed_us())
+        return times
+
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
+    flush_kernels = set(kernel_times(flush.zero_, 1))
+    for shape in shapes:
+        case = Case(shape, "cuda")
+        impls = case.impls("cuda")
+        for name in ("paged_attention", "sdpa"):
+            fn = impls[name]
+            for _ in range(3):
+                fn()
+            torch.cuda.synchronize()
+            times = kernel_times(lambda: (flush.zero_(), fn()), reps)
+            for kernel, ts in times.items():
+                if kernel not in flush_kernels:
+                    ts.sort()
+                    print(f"  {shape.label:<46} {name:<16} {kernel[:56]:<56} "
+                          f"{ts[len(ts) // 2]:8.1f} us")
         del case
+        torch.cuda.empty_cache()
 
 
 def print_table(results: List[dict]) -> None:
@@ -254,7 +271,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for every implementation (default: torch's default)")
     parser.add_argument("--profile", action="store_true",
-                        help="CUDA: also print the device time of each kernel paged_attention runs")
+                        help="CUDA: also print the device time of each kernel of paged_attention "
+                             "and SDPA, after the same L2 flush")
     args = parser.parse_args(argv)
 
     if args.plot_from:

@@ -4,7 +4,8 @@ A plain Triton reduction (each program sums a contiguous chunk) swept over the
 number of programs, the load width and warps, with and without evict-first
 loads, under `triton.testing.do_bench` (median, L2 flushed before each call).
 It gives the decode kernel a read ceiling for its one-wave shapes that a
-library reduction (`torch.sum`, also printed) does not reach. GPU only.
+library reduction (`torch.sum`, also printed) does not reach, and first times
+an empty kernel: the fixed cost that every timed call carries. GPU only.
 
     python benchmarks/read_ceiling.py                 # 134.2 MB and 2.1 GB
     python benchmarks/read_ceiling.py --mbytes 536.9
@@ -36,6 +37,11 @@ def read_kernel(x_ptr, out_ptr, n, chunk, BLOCK: tl.constexpr, EVICT_FIRST: tl.c
             v = tl.load(x_ptr + idx, mask=idx < n, other=0.0)
         acc += v.to(tl.float32)
     tl.store(out_ptr + pid, tl.sum(acc))
+
+
+@triton.jit
+def empty_kernel(out_ptr):
+    pass
 
 
 def time_us(fn) -> float:
@@ -77,6 +83,11 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("read_ceiling.py needs a CUDA GPU")
+    # What every timed call costs around its kernel (launch, events): an empty
+    # kernel of two programs an SM under the same timing.
+    out = torch.empty(1, device="cuda")
+    grid = (2 * torch.cuda.get_device_properties(0).multi_processor_count,)
+    print(f"empty kernel: {time_us(lambda: empty_kernel[grid](out)):.1f} us")
     for mb in args.mbytes:
         best_reads(round(mb * 1e6), args.top)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the extension for sm_90, run every test
-# (GPU ones included), measure the copy/read ceilings, run the CUDA benchmark,
+# (GPU ones included), measure the copy/read ceilings, run the CUDA benchmark
+# (with the kernels' own times after the same L2 flush, --profile),
 # and print a short summary last. Logs and bench.json / bench.png go to $OUT.
 #
 #   OUT=DIR                 where logs go (default /tmp/gpu_check)
@@ -75,11 +76,13 @@ EOF
   $PY benchmarks/read_ceiling.py --top 2 2>&1 | tee -a "$OUT/ceilings.txt"
   echo "== benchmark"
   $PY benchmarks/bench_decode.py --device cuda --json "$OUT/bench.json" --plot "$OUT/bench.png" \
-    ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+    --profile ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 fi
 
 echo "== summary"
 cat "$OUT/ceilings.txt" 2>/dev/null
+# Kernel times after the same flush (bench_decode.py --profile), main shapes only.
+grep -E '^  B=(1|8|64|128|32|256) ctx=[0-9]+ .* bs=16 ' "$OUT/bench.log" 2>/dev/null
 grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/pytest.log" 2>/dev/null | tail -n 1
 echo "tests: $test_status"
 if [[ -f "$OUT/bench.json" ]]; then
