@@ -1,6 +1,7 @@
 #include "mini_paged_attn/checks.h"
 
 #include <c10/util/Exception.h>
+#include <tuple>
 
 namespace mini_paged_attn {
 namespace {
@@ -287,6 +288,34 @@ void check_block_mapping(const char* op, const at::Tensor& block_mapping, int64_
                       " is written by block_mapping[", i,
                       "] and also read or written by another pair");
     is_dst[dst] = true;
+  }
+}
+
+}  // namespace mini_paged_attn
+
+namespace mini_paged_attn {
+
+void check_sample_tokens(const at::Tensor& logits, const at::Tensor& temperatures,
+                         const at::Tensor& min_scaled_logits, const at::Tensor& seeds,
+                         const at::Tensor& positions) {
+  const char* op = "sample_tokens";
+  check_dim(op, "logits", logits, 2, "[num_rows, vocab]");
+  check_float(op, "logits", logits);
+  check_last_dim_contiguous(op, "logits", logits);
+  TORCH_CHECK_VALUE(logits.size(1) > 0, op, ": logits has an empty vocabulary, shape ",
+                    logits.sizes());
+  for (const auto& [name, t, dtype] :
+       {std::tuple<const char*, const at::Tensor&, at::ScalarType>{"temperatures", temperatures,
+                                                                   at::kFloat},
+        {"min_scaled_logits", min_scaled_logits, at::kFloat},
+        {"seeds", seeds, at::kLong},
+        {"positions", positions, at::kLong}}) {
+    check_dim(op, name, t, 1, "[num_rows]");
+    check_int(op, name, t, dtype);
+    TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
+    check_same_device(op, name, t, logits, "logits");
+    TORCH_CHECK_VALUE(t.size(0) == logits.size(0), op, ": ", name, " has ", t.size(0),
+                      " entries but logits has ", logits.size(0), " rows");
   }
 }
 

@@ -62,6 +62,16 @@ TORCH_LIBRARY(mini_paged_attn, m) {
   m.def(
       "copy_blocks(Tensor(a!)[] key_caches, Tensor(b!)[] value_caches, "
       "Tensor block_mapping) -> ()");
+  m.def(
+      "sample_tokens(Tensor logits, Tensor temperatures, Tensor min_scaled_logits, "
+      "Tensor seeds, Tensor positions) -> (Tensor, Tensor)");
+  // Layer kernels (CUDA; the model runs eager PyTorch code elsewhere).
+  m.def("rms_norm(Tensor(a!) out, Tensor input, Tensor weight, float eps) -> ()");
+  m.def("fused_add_rms_norm(Tensor(a!) input, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  m.def("silu_and_mul(Tensor(a!) out, Tensor input) -> ()");
+  m.def(
+      "rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor cos, "
+      "Tensor sin) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(mini_paged_attn, CPU, m) {

@@ -6,9 +6,11 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from ._C import PagedKVCacheConfig, StaticKVCacheConfig
+from .config import kv_bytes_per_token, num_blocks_for
 from .engine.beam_search import beam_search
 from .engine.kv_cache import KVCache
 from .engine.llm_engine import LLMEngine
+from .engine.memory import check_kv_budget
 from .engine.paged_kv_cache import PagedKVCache
 from .engine.slotted_kv_cache import SlottedKVCache
 from .model.config import ModelConfig
@@ -36,6 +38,8 @@ class LLM:
             prefilled in chunks.
         max_model_len: longest prompt + output (the model's context by default).
         seed: seed of random weights and of unseeded sampling.
+        enforce_eager: on a GPU, run decode steps eagerly instead of replaying
+            CUDA graphs (captured at start-up, one per batch-size bucket).
     """
 
     def __init__(self, model: Union[str, ModelConfig, None] = None,
@@ -43,7 +47,7 @@ class LLM:
                  device: Union[str, torch.device, None] = None,
                  dtype: Optional[torch.dtype] = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, max_model_len: Optional[int] = None,
-                 seed: int = 0):
+                 seed: int = 0, enforce_eager: bool = False):
         for name, value in (("max_num_seqs", max_num_seqs),
                             ("max_num_batched_tokens", max_num_batched_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -59,17 +63,21 @@ class LLM:
         cache_config = cache_config or PagedKVCacheConfig(DEFAULT_KV_MEMORY_BYTES)
         dims = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
                 next(self.model.parameters()).dtype, device)
+        if not isinstance(cache_config, (PagedKVCacheConfig, StaticKVCacheConfig)):
+            raise TypeError(f"cache_config must be a PagedKVCacheConfig or StaticKVCacheConfig, "
+                            f"got {type(cache_config).__name__}")
+        if device.type == "cuda":
+            check_kv_budget(self.model, _kv_bytes(cache_config, dims, max_model_len),
+                            max_num_batched_tokens, max_num_seqs, max_model_len,
+                            graphs=not enforce_eager)
         kv_cache: KVCache
         if isinstance(cache_config, PagedKVCacheConfig):
             kv_cache = PagedKVCache(cache_config, *dims, max_num_seqs, max_model_len)
-        elif isinstance(cache_config, StaticKVCacheConfig):
+        else:
             kv_cache = SlottedKVCache(cache_config, *dims, max_model_len)
             max_num_seqs = min(max_num_seqs, cache_config.max_batch_size())
-        else:
-            raise TypeError(f"cache_config must be a PagedKVCacheConfig or StaticKVCacheConfig, "
-                            f"got {type(cache_config).__name__}")
         self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
-                                min(max_model_len, kv_cache.max_seq_len), seed)
+                                min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager)
 
     def generate(self, prompts: Union[List[int], Sequence[List[int]]],
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
@@ -111,3 +119,15 @@ class LLM:
         stop = frozenset() if ignore_eos else self.engine.eos_token_ids
         return beam_search(self.engine, list(prompt), beam_width, max_tokens,
                            float(length_penalty), stop)
+
+
+def _kv_bytes(cache_config, dims, max_model_len: int) -> int:
+    """Bytes the KV cache of ``cache_config`` takes for a model of ``dims``."""
+    num_layers, num_kv_heads, head_dim, dtype, _ = dims
+    if isinstance(cache_config, PagedKVCacheConfig):
+        return num_blocks_for(cache_config, num_kv_heads, head_dim, dtype, num_layers) * \
+            cache_config.block_size() * kv_bytes_per_token(num_kv_heads, head_dim, dtype,
+                                                           num_layers)
+    slot_len = -(-min(cache_config.max_cache_len(), max_model_len) // 16) * 16
+    return cache_config.max_batch_size() * slot_len * kv_bytes_per_token(
+        num_kv_heads, head_dim, dtype, num_layers)

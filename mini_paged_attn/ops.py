@@ -16,7 +16,7 @@ import torch
 from . import _C
 
 __all__ = ["paged_attention", "paged_prefill_attention", "paged_attention_v1", "reshape_and_cache",
-           "copy_blocks"]
+           "copy_blocks", "sample_tokens"]
 
 _ops = torch.ops.mini_paged_attn
 
@@ -158,6 +158,39 @@ def copy_blocks(
     if check and len(key_caches) > 0 and key_caches[0].device.type != "cpu":
         _C.check_block_mapping("copy_blocks", _on_host(block_mapping), key_caches[0].size(0))
     _ops.copy_blocks(list(key_caches), list(value_caches), block_mapping)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperatures: torch.Tensor,
+    min_scaled_logits: torch.Tensor,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """One token per row of ``logits [num_rows, vocab]`` and its log-probability
+    under ``log_softmax(logits)``, in one pass over the logits.
+
+    Rows with ``temperatures <= 0`` take the argmax (the lowest index of ties).
+    The others draw from ``softmax(logits / T)`` restricted to the tokens with
+    ``logits / T >= min_scaled_logits`` (``-inf``: all), by the Gumbel-max trick
+    with counter-based noise: the draw is a function of ``(seeds[r],
+    positions[r], token)``, so equal inputs give equal tokens in any batch.
+
+    Args:
+        logits: float32/float16/bfloat16 ``[num_rows, vocab]``.
+        temperatures, min_scaled_logits: float32 ``[num_rows]``.
+        seeds, positions: int64 ``[num_rows]``.
+
+    Returns:
+        ``(tokens int64 [num_rows], logprobs float32 [num_rows])``.
+    """
+    return _ops.sample_tokens(logits, temperatures, min_scaled_logits, seeds, positions)
+
+
+@torch.library.register_fake("mini_paged_attn::sample_tokens")
+def _sample_tokens_fake(logits, temperatures, min_scaled_logits, seeds, positions):
+    rows = logits.size(0)
+    return (logits.new_empty(rows, dtype=torch.int64), logits.new_empty(rows, dtype=torch.float32))
 
 
 @torch.library.register_fake("mini_paged_attn::paged_attention")

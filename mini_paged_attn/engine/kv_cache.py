@@ -6,7 +6,7 @@ sequence, InfiniLM's static mode)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List
+from typing import List, Set
 
 import torch
 
@@ -18,15 +18,41 @@ class KVCache(ABC):
     ``[num_blocks, block_size, num_kv_heads, head_size]`` view per layer),
     ``block_table`` (int32 ``[rows, max_blocks_per_seq]``, host) and
     ``num_blocks`` / ``block_size`` and ``max_seq_len`` (the most tokens one
-    sequence can hold). Sequences are ``Sequence`` objects; every
-    method that fails raises with nothing changed."""
+    sequence can hold), then call :meth:`_mirror_block_table`. Sequences are
+    ``Sequence`` objects; every method that fails raises with nothing changed.
+
+    ``device_block_table`` is ``block_table`` on the caches' device; rows the
+    host table changes are marked with :meth:`_touch` and copied by
+    :meth:`sync_block_table` (through pinned memory, without a host sync)."""
 
     key_caches: List[torch.Tensor]
     value_caches: List[torch.Tensor]
     block_table: torch.Tensor
+    device_block_table: torch.Tensor
     block_size: int
     num_blocks: int
     max_seq_len: int
+
+    def _mirror_block_table(self) -> None:
+        device = self.key_caches[0].device
+        self.device_block_table = self.block_table if device.type == "cpu" else \
+            self.block_table.to(device)
+        self._dirty_rows: Set[int] = set()
+
+    def _touch(self, row: int) -> None:
+        if self.device_block_table is not self.block_table:
+            self._dirty_rows.add(row)
+
+    def sync_block_table(self) -> None:
+        """Copies the host rows changed since the last call to the device table."""
+        if not self._dirty_rows:
+            return
+        rows = torch.tensor(sorted(self._dirty_rows), dtype=torch.int64)
+        self._dirty_rows.clear()
+        device = self.device_block_table.device
+        staged = self.block_table.index_select(0, rows).pin_memory()
+        self.device_block_table.index_copy_(0, rows.pin_memory().to(device, non_blocking=True),
+                                            staged.to(device, non_blocking=True))
 
     def bind(self, layers: List[PagedAttention]) -> None:
         """Hands each attention layer its cache views."""
@@ -60,6 +86,16 @@ class KVCache(ABC):
     @abstractmethod
     def append(self, seq) -> None:
         """A slot for the last token of ``seq`` (copying a shared block first)."""
+
+    def append_decodes(self, seqs) -> torch.Tensor:
+        """A slot each for the last token of every sequence of ``seqs`` (one
+        decode step), all or nothing: ``MemoryError`` if they do not all fit.
+        Returns the int64 host slots, in ``seqs`` order."""
+        if not all(self.can_append(s) for s in seqs):
+            raise MemoryError("the KV cache cannot give every sequence of the decode step a slot")
+        for s in seqs:
+            self.append(s)
+        return torch.cat([self.slot_mapping(s, s.num_tokens - 1, 1) for s in seqs])
 
     @abstractmethod
     def fork(self, parent, child) -> None:

@@ -1,6 +1,7 @@
 """LLMEngine: requests in, one continuous-batching step at a time."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import FrozenSet, List, Optional
 
@@ -11,7 +12,7 @@ from ..sampling_params import SamplingParams
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .request import Request
-from .sampler import Sampler, make_generator
+from .sampler import Sampler, sample_seed
 from .scheduler import Scheduler
 from .sequence import Sequence
 
@@ -32,16 +33,17 @@ class LLMEngine:
     one batch and returns the requests it finished."""
 
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_model_len: int, seed: int = 0):
+                 max_num_batched_tokens: int, max_model_len: int, seed: int = 0,
+                 enforce_eager: bool = False):
         self.model = model
         self.device = next(model.parameters()).device
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
         self.scheduler = Scheduler(kv_cache, max_num_seqs, max_num_batched_tokens)
-        self.runner = ModelRunner(model, kv_cache, self.device)
+        self.runner = ModelRunner(model, kv_cache, self.device, max_num_seqs, enforce_eager)
         self.sampler = Sampler()
-        # Unseeded requests draw from this stream, so a whole run is reproducible.
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # Unseeded requests get their seeds from this stream, so a whole run is reproducible.
+        self.seeds = random.Random(seed)
         self.eos_token_ids: FrozenSet[int] = frozenset(model.config.eos_token_id)
         self.cache_stats = CacheStats()
         self.num_generated_tokens = 0
@@ -77,14 +79,13 @@ class LLMEngine:
         request = Request(self._next_request_id, list(prompt_token_ids), sampling_params,
                           max_tokens, stop_token_ids, num_seqs)
         self._next_request_id += 1
+        if sampling_params is not None:
+            seed = sampling_params.seed
+            request.seed = self.seeds.getrandbits(63) if seed is None else seed
         request.seqs.append(Sequence(self.new_seq_id(), request, request.prompt_token_ids, 0,
-                                     self._generator(request, 0)))
+                                     sample_seed(request.seed, 0)))
         self.scheduler.add(request.seqs[0])
         return request
-
-    def _generator(self, request: Request, index: int) -> Optional[torch.Generator]:
-        seed = request.sampling_params.seed if request.sampling_params else None
-        return None if seed is None else make_generator(seed, index, self.device)
 
     def abort(self, request: Request) -> None:
         """Stops a request: its sequences leave the queues and free their slots."""
@@ -96,21 +97,24 @@ class LLMEngine:
         return self.scheduler.has_unfinished
 
     def step(self) -> List[Request]:
-        scheduled = self.scheduler.schedule()
-        if not scheduled:
+        batch = self.scheduler.schedule()
+        if not batch:
             raise RuntimeError(
                 f"no sequence can run: the KV cache ({self.kv_cache.num_blocks} blocks of "
                 f"{self.kv_cache.block_size} tokens) cannot hold the next waiting sequence "
                 f"while the running ones keep theirs; give it more memory")
-        due, logits = self.runner.execute(scheduled)
-        for seq, n in scheduled:
+        due, logits = self.runner.execute(batch)
+        # The batched decode tokens count as written at their next decode step.
+        first = 0 if batch.decode_slots is None else len(batch.decode_slots)
+        for seq, n in batch.entries[first:]:
             self.kv_cache.mark_written(seq, seq.num_computed_tokens, n)
+        for seq, n in batch:
             seq.num_computed_tokens += n
         self._record_cache_stats()
         sampled = [i for i, seq in enumerate(due) if seq.request.sampling_params is not None]
         for i, seq in enumerate(due):
             if seq.request.sampling_params is None:
-                seq.logprobs = torch.log_softmax(logits[i], dim=-1)
+                seq.logprobs = torch.log_softmax(logits[i].float(), dim=-1)
         return self._sample(due, logits, sampled)
 
     def _sample(self, due: List[Sequence], logits: torch.Tensor,
@@ -124,16 +128,18 @@ class LLMEngine:
             if not request.forked:
                 # The prompt is computed once; the other samples fork from it.
                 for j in range(1, request.num_seqs):
-                    child = seq.fork(self.new_seq_id(), j, self._generator(request, j))
+                    child = seq.fork(self.new_seq_id(), j, sample_seed(request.seed, j))
                     request.seqs.append(child)
                     self.scheduler.add_fork(seq, child)
                     targets.append(child)
                     rows.append(i)
         if not targets:
             return []
+        if rows != list(range(len(due))):
+            logits = logits[torch.tensor(rows, device=logits.device)]
         tokens, logprobs = self.sampler(
-            logits[rows], [s.request.sampling_params for s in targets],
-            [s.generator or self.generator for s in targets])
+            logits, [s.request.sampling_params for s in targets], [s.seed for s in targets],
+            [s.num_tokens for s in targets])
         finished = []
         for seq, token, logprob in zip(targets, tokens, logprobs):
             seq.append_token(token, logprob)

@@ -1,33 +1,91 @@
 """ModelRunner: turns a scheduled step into model inputs and returns the logits
-of the sequences that are due for their next token."""
+of the sequences that are due for their next token.
+
+On a GPU a step with decode tokens only runs at a bucket batch size from the
+static inputs of :class:`DecodeInputs`, replaying a captured CUDA graph unless
+``enforce_eager``; other steps (with prompt tokens) run eagerly from inputs
+sent through pinned memory. Neither synchronises with the GPU.
+"""
 from __future__ import annotations
 
-from typing import List, Tuple
+import bisect
+from typing import List, Sequence as Seq, Tuple
 
 import torch
 
 from ..attention_metadata import AttentionMetadata
 from ..model.llama import LlamaForCausalLM
+from .decode_graphs import DecodeGraphs, DecodeInputs, bucket_sizes
 from .kv_cache import KVCache
+from .scheduler import ScheduledBatch
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device):
+    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device,
+                 max_num_seqs: int, enforce_eager: bool = False):
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
         kv_cache.bind(model.attention_layers())
+        self.buckets: List[int] = []
+        self.graphs = None
+        if device.type == "cuda":
+            self.buckets = bucket_sizes(max_num_seqs)
+            self.inputs = DecodeInputs(max_num_seqs, device)
+            self._no_prefill = torch.zeros(1, dtype=torch.int32, device=device)
+            if not enforce_eager:
+                self.graphs = DecodeGraphs(self._decode_forward)
+                with torch.inference_mode():
+                    self.graphs.capture(self.buckets)
 
     def _tensor(self, data, dtype) -> torch.Tensor:
-        return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
+        t = data.to(dtype) if isinstance(data, torch.Tensor) else torch.tensor(data, dtype=dtype)
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def execute(self, scheduled: List[Tuple[Sequence, int]]
-                ) -> Tuple[List[Sequence], torch.Tensor]:
+    def execute(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
         """Computes the scheduled tokens (writing their K/V into the cache).
         Returns the sequences whose every token is now computed and their
-        float32 next-token logits, one row each."""
+        next-token logits (the model's dtype), one row each."""
+        self.kv_cache.sync_block_table()
+        if self.buckets and len(batch) <= self.buckets[-1] and all(
+                n == 1 and seq.num_uncomputed_tokens == 1 for seq, n in batch):
+            return self._decode(batch)
+        return self._eager(batch.entries)
+
+    # -- decode steps on a GPU: static inputs, a graph per bucket -------------------------
+    def _decode_forward(self, bucket: int) -> torch.Tensor:
+        field = lambda name: self.inputs.field(name, bucket)  # noqa: E731
+        metadata = AttentionMetadata(
+            slot_mapping=field("slot_mapping"),
+            block_tables=self.kv_cache.device_block_table.index_select(0, field("rows")),
+            context_lens=field("context_lens").to(torch.int32),
+            query_start_loc=self._no_prefill, num_prefills=0, num_prefill_tokens=0,
+            num_decode_tokens=bucket)
+        hidden = self.model(field("input_ids"), field("positions"), metadata)
+        return self.model.compute_logits(hidden)
+
+    def _decode(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
+        seqs = [seq for seq, _ in batch]
+        n = len(seqs)
+        bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
+        # Slots the scheduler got in one call, then those of sequences admitted after.
+        given = [] if batch.decode_slots is None else [batch.decode_slots]
+        k = 0 if batch.decode_slots is None else len(batch.decode_slots)
+        slots = torch.cat(given + [self.kv_cache.slot_mapping(s, s.num_tokens - 1, 1)
+                                   for s in seqs[k:]])
+        self.inputs.fill(n, bucket, [s.token_ids[-1] for s in seqs],
+                         [s.num_tokens - 1 for s in seqs], slots,
+                         [self.kv_cache.row_of(s) for s in seqs])
+        logits = self.graphs.replay(bucket) if self.graphs else self._decode_forward(bucket)
+        return seqs, logits[:n]
+
+    # -- any other step: eager, sized to the batch ---------------------------------------
+    def _eager(self, scheduled: Seq[Tuple[Sequence, int]]
+               ) -> Tuple[List[Sequence], torch.Tensor]:
         # Prefills (several new tokens) first, then decodes, as the metadata wants.
         order = [x for x in scheduled if x[1] > 1] + [x for x in scheduled if x[1] == 1]
         num_prefills = len(scheduled) - sum(n == 1 for _, n in scheduled)
@@ -50,11 +108,10 @@ class ModelRunner:
                 last_rows.append(len(input_ids) - 1)
 
         width = -(-max(context_lens) // self.kv_cache.block_size)
-        table = self.kv_cache.block_table
-        block_tables = table[torch.tensor(rows, device=table.device), :width].contiguous()
+        table = self.kv_cache.device_block_table
         metadata = AttentionMetadata(
-            slot_mapping=torch.cat(slots).to(self.device, non_blocking=True),
-            block_tables=block_tables.to(self.device, non_blocking=True),
+            slot_mapping=self._tensor(torch.cat(slots), torch.int64),
+            block_tables=table[self._tensor(rows, torch.int64), :width],
             context_lens=self._tensor(context_lens, torch.int32),
             query_start_loc=self._tensor(query_start_loc, torch.int32),
             num_prefills=num_prefills, num_prefill_tokens=query_start_loc[-1],
@@ -62,4 +119,4 @@ class ModelRunner:
         hidden = self.model(self._tensor(input_ids, torch.int64),
                             self._tensor(positions, torch.int64), metadata)
         logits = self.model.compute_logits(hidden[self._tensor(last_rows, torch.int64)])
-        return due, logits.float()
+        return due, logits

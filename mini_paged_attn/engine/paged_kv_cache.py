@@ -33,6 +33,7 @@ class PagedKVCache(KVCache):
                               head_size, dtype=dtype, device=device)
         self.key_caches = list(self.kv[:, 0])
         self.value_caches = list(self.kv[:, 1])
+        self._mirror_block_table()
 
     def _copy(self, block_mapping: torch.Tensor) -> None:
         if block_mapping.numel():
@@ -44,6 +45,7 @@ class PagedKVCache(KVCache):
     def add(self, seq) -> int:
         num_cached = self.tables.add_sequence(seq.seq_id, seq.num_tokens, seq.token_ids)
         seq.num_slots = seq.num_tokens
+        self._touch(self.row_of(seq))
         return num_cached
 
     def can_append(self, seq) -> bool:
@@ -53,9 +55,23 @@ class PagedKVCache(KVCache):
         _, block_mapping = self.tables.append_slots(seq.seq_id, 1, seq.token_ids[-1:])
         self._copy(block_mapping)
         seq.num_slots += 1
+        self._touch(self.row_of(seq))
+
+    def append_decodes(self, seqs) -> torch.Tensor:
+        # One C++ call for the whole step; it also marks the tokens the
+        # sequences already hold as written (the last step computed them).
+        slots, changed_rows, block_mapping = self.tables.decode_step(
+            [s.seq_id for s in seqs], [s.token_ids[-1] for s in seqs])
+        self._copy(block_mapping)
+        for s in seqs:
+            s.num_slots += 1
+        for row in changed_rows.tolist():
+            self._touch(row)
+        return slots
 
     def fork(self, parent, child) -> None:
         self.tables.fork(parent.seq_id, child.seq_id)
+        self._touch(self.row_of(child))
 
     def free(self, seq) -> None:
         self.tables.free_sequence(seq.seq_id)

@@ -29,6 +29,7 @@ class Request:
         self.num_seqs = num_seqs
         self.seqs: List[Sequence] = []
         self.num_cached_tokens: Optional[int] = None  # prompt tokens served by the prefix cache
+        self.seed = 0  # of its samples' noise: the params' seed, or one the engine drew
 
     @property
     def forked(self) -> bool:

@@ -1,58 +1,70 @@
-"""Sampler: next tokens from logits, row by row parameters, batched."""
+"""Sampler: every row of a step's logits in one batched call, no Python loop
+over rows and no sort unless a row asks for top-k or top-p."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 
+from ..ops import sample_tokens
 from ..sampling_params import SamplingParams
 
 
-def make_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
-    """The random stream of sample ``index`` of a request seeded with ``seed``:
-    its own, so its tokens do not depend on batching or preemption."""
-    return torch.Generator(device=device).manual_seed(hash((seed, index)) & (2**63 - 1))
+def sample_seed(seed: int, index: int) -> int:
+    """The noise seed of sample ``index`` of a request seeded with ``seed``."""
+    return hash((seed, index)) & (2**63 - 1)
 
 
 class Sampler:
-    """Greedy rows take the argmax; the others are scaled by temperature,
-    restricted to top-k and top-p, and drawn with the exponential race
-    (argmax of ``p / E`` with ``E ~ Exp(1)``, which samples from ``p``) so
-    each row can draw from its own generator."""
+    """Greedy rows take the argmax. The others draw from ``softmax(logits / T)``
+    with the Gumbel-max trick, restricted to top-k and then top-p (on the
+    renormalised top-k) when asked: both shrink the draw to the tokens at or
+    above a per-row threshold, found by a partial ``topk`` (top-k) or a sort
+    (top-p) of those rows alone. The noise is counter-based, a function of
+    (row seed, position, token) (``ops.sample_tokens``), so a seeded sequence
+    draws the same tokens whatever else is in the batch."""
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, params: Sequence[SamplingParams],
-                 generators: Sequence[Optional[torch.Generator]]
+                 seeds: Sequence[int], positions: Sequence[int]
                  ) -> Tuple[List[int], List[float]]:
-        """``logits`` float32 ``[rows, vocab]``; returns each row's token and its
-        log-probability under the unscaled distribution."""
-        logprobs = torch.log_softmax(logits, dim=-1)
-        tokens = logits.argmax(dim=-1)
-        sampled = [i for i, p in enumerate(params) if not p.greedy]
-        if sampled:
-            idx = torch.tensor(sampled, device=logits.device)
-            tokens[idx] = self._sample(logits[idx], [params[i] for i in sampled],
-                                       [generators[i] for i in sampled])
-        chosen = logprobs.gather(1, tokens[:, None])[:, 0]
-        return tokens.tolist(), chosen.tolist()
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, params: List[SamplingParams],
-                generators: List[Optional[torch.Generator]]) -> torch.Tensor:
+        """``logits [rows, vocab]``; ``seeds`` and ``positions`` (the index of the
+        token being drawn) name each row's noise. Returns each row's token and
+        its log-probability under the unscaled distribution."""
         rows, vocab = logits.shape
-        temperature = torch.tensor([p.temperature for p in params], device=logits.device)
-        top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params],
-                             device=logits.device)
-        top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-        sorted_logits, order = (logits / temperature[:, None]).sort(dim=-1, descending=True)
-        rank = torch.arange(vocab, device=logits.device)[None, :]
-        probs = sorted_logits.softmax(dim=-1)
-        # Keep a token if it is in the top k and the more likely ones add up to
-        # less than top_p (so the most likely token always stays).
-        drop = (rank >= top_k[:, None]) | (probs.cumsum(dim=-1) - probs > top_p[:, None])
-        probs = probs.masked_fill(drop, 0.0)
-        noise = torch.empty_like(probs)
-        for i, g in enumerate(generators):
-            noise[i].exponential_(generator=g)
-        picked = (probs / noise).argmax(dim=-1)
-        return order.gather(1, picked[:, None])[:, 0]
+        device = logits.device
+        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+        filtered = [i for i, p in enumerate(params)
+                    if not p.greedy and (0 < p.top_k < vocab or p.top_p < 1)]
+        pinned = device.type == "cuda"
+        host = [temperature, torch.tensor(seeds, dtype=torch.int64),
+                torch.tensor(positions, dtype=torch.int64)]
+        temperature, seeds_t, positions_t = (
+            (t.pin_memory() if pinned else t).to(device, non_blocking=True) for t in host)
+        min_scaled = torch.full((rows,), float("-inf"), device=device)
+        if filtered:
+            idx = torch.tensor(filtered, device=device)
+            min_scaled[idx] = _thresholds(logits[idx].float() / temperature[idx, None],
+                                          [params[i] for i in filtered])
+        tokens, logprobs = sample_tokens(logits, temperature, min_scaled, seeds_t, positions_t)
+        return tokens.tolist(), logprobs.tolist()
+
+
+def _thresholds(scaled: torch.Tensor, params: List[SamplingParams]) -> torch.Tensor:
+    """The smallest scaled logit each row keeps under its top-k and top-p."""
+    rows, vocab = scaled.shape
+    top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    k_max = max(top_k)
+    # A partial selection when every row has a top-k, a full sort otherwise.
+    values = scaled.topk(k_max, dim=-1).values if k_max < vocab else \
+        scaled.sort(dim=-1, descending=True).values
+    rank = torch.arange(k_max, device=scaled.device)[None, :]
+    k = torch.tensor(top_k, device=scaled.device)[:, None]
+    values = values.masked_fill(rank >= k, float("-inf"))
+    probs = values.softmax(dim=-1)
+    top_p = torch.tensor([p.top_p for p in params], device=scaled.device)[:, None]
+    # Keep a token while the more likely ones add up to less than top_p (so the
+    # most likely token always stays).
+    keep = (rank < k) & (probs.cumsum(dim=-1) - probs < top_p)
+    last = keep.sum(dim=-1, keepdim=True) - 1
+    return values.gather(1, last)[:, 0]

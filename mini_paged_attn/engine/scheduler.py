@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Deque, Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Tuple
+
+import torch
 
 from .kv_cache import KVCache
 from .sequence import Sequence, SequenceStatus
@@ -15,6 +17,22 @@ class SchedulerStats:
     prompt_tokens: int = 0        # tokens admitted (prompts, and recomputed tokens)
     cached_tokens: int = 0        # of those, served by the prefix cache
     num_partial_prefills: int = 0  # prompt chunks that left part of the prompt for later
+
+
+@dataclass
+class ScheduledBatch:
+    """One step's work: ``(sequence, number of its next uncomputed tokens)``
+    pairs in scheduling order. When the running sequences' decode tokens got
+    their slots in one batched call, ``decode_slots`` holds those slots (int64,
+    host) for the first ``len(decode_slots)`` entries, each of one token."""
+    entries: List[Tuple[Sequence, int]] = field(default_factory=list)
+    decode_slots: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self):
+        return iter(self.entries)
 
 
 class Scheduler:
@@ -75,12 +93,23 @@ class Scheduler:
         self.stats.prompt_tokens += seq.num_tokens
         self.stats.cached_tokens += num_cached
 
-    def schedule(self) -> List[Tuple[Sequence, int]]:
-        """``(sequence, number of its next uncomputed tokens to compute)`` pairs."""
+    def schedule(self) -> ScheduledBatch:
+        """The next step's work (see :class:`ScheduledBatch`)."""
         budget = self.max_num_batched_tokens
-        scheduled: List[Tuple[Sequence, int]] = []
+        batch = ScheduledBatch()
+        scheduled = batch.entries
         preempted = False
         i = 0
+        decodes = self._decode_batch(budget)
+        if decodes:
+            try:
+                batch.decode_slots = self.kv_cache.append_decodes(decodes)
+            except MemoryError:
+                pass  # all or nothing: the loop below preempts
+            else:
+                scheduled += [(seq, 1) for seq in decodes]
+                budget -= len(decodes)
+                i = len(self.running)
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(seq.num_uncomputed_tokens, budget)
@@ -112,7 +141,19 @@ class Scheduler:
             self._admit(seq)
             seats += extra
             budget = self._take(scheduled, seq, min(seq.num_uncomputed_tokens, budget), budget)
-        return scheduled
+        return batch
+
+    def _decode_batch(self, budget: int) -> List[Sequence]:
+        """The running sequences with work, when each needs one decode token
+        and a slot for it (the others are beams waiting for their siblings) and
+        all fit the budget: they can take their slots in one call. Empty
+        otherwise."""
+        decodes = [seq for seq in self.running if seq.num_uncomputed_tokens]
+        if len(decodes) > budget or any(
+                seq.num_uncomputed_tokens != 1 or seq.num_slots != seq.num_tokens - 1
+                for seq in decodes):
+            return []
+        return decodes
 
     def _take(self, scheduled: List[Tuple[Sequence, int]], seq: Sequence, num_new: int,
               budget: int) -> int:

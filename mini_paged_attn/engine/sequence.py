@@ -26,7 +26,7 @@ class Sequence:
     """
 
     def __init__(self, seq_id: int, request: "Request", token_ids: List[int], index: int = 0,
-                 generator: Optional[torch.Generator] = None):
+                 seed: int = 0):
         self.seq_id = seq_id
         self.request = request
         self.index = index
@@ -38,7 +38,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.cumulative_logprob = 0.0
         self.finish_reason: Optional[str] = None
-        self.generator = generator
+        self.seed = seed  # of its sampling noise (Sampler)
         # Beam search: log-probabilities of the next token, once every token is computed.
         self.logprobs: Optional[torch.Tensor] = None
 
@@ -62,10 +62,9 @@ class Sequence:
         self.token_ids.append(token_id)
         self.cumulative_logprob += logprob
 
-    def fork(self, seq_id: int, index: int,
-             generator: Optional[torch.Generator] = None) -> "Sequence":
+    def fork(self, seq_id: int, index: int, seed: int = 0) -> "Sequence":
         """A running copy that will share this sequence's cache blocks."""
-        child = Sequence(seq_id, self.request, self.token_ids, index, generator)
+        child = Sequence(seq_id, self.request, self.token_ids, index, seed)
         child.num_computed_tokens = self.num_computed_tokens
         child.num_slots = self.num_slots
         child.status = self.status

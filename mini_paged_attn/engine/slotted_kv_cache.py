@@ -30,6 +30,7 @@ class SlottedKVCache(KVCache):
         self.key_caches = [self.slots.key_cache[:, :, h] for h in heads]
         self.value_caches = [self.slots.value_cache[:, :, h] for h in heads]
         self._num_live = 0
+        self._mirror_block_table()  # rows never change: slot i owns its blocks for good
 
     def can_add(self, seq) -> bool:
         return self._num_live < self.slots.max_batch_size

@@ -9,16 +9,16 @@ the loader maps checkpoint names onto them.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attention import PagedAttention
 from ..attention_metadata import AttentionMetadata
+from ..layer_ops import rms_norm, silu_and_mul
 from .config import ModelConfig
-from .rotary import RotaryEmbedding, apply_rotary
+from .rotary import RotaryEmbedding
 
 
 class MergedLinear(nn.Linear):
@@ -36,11 +36,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalised in float32 and cast back before the weight, as Llama does.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(x + residual), x + residual)``; on a GPU ``x`` and ``residual``
+        are overwritten with them (``layer_ops.rms_norm``)."""
+        return rms_norm(x, self.weight, self.eps, residual)
 
 
 class LlamaAttention(nn.Module):
@@ -55,13 +55,13 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
         self.attn = PagedAttention(self.num_heads, self.head_dim, self.num_kv_heads)
 
-    def forward(self, rotary: Tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
+    def forward(self, rotary: RotaryEmbedding, positions: torch.Tensor, x: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, k, *rotary)
+        q, k = rotary(positions, q, k)
         out = self.attn(q, k, v, metadata)
         return self.o_proj(out.view(-1, self.num_heads * self.head_dim))
 
@@ -74,8 +74,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -86,10 +85,15 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, rotary: Tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
-                metadata: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(rotary, self.input_layernorm(x), metadata)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, rotary: RotaryEmbedding, positions: torch.Tensor, x: torch.Tensor,
+                residual: Optional[torch.Tensor], metadata: AttentionMetadata
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns this layer's output and the residual stream before it; their
+        sum is the hidden state (the next norm adds them, in one kernel on a GPU)."""
+        x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(rotary, positions, x, metadata)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
@@ -105,12 +109,10 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 metadata: AttentionMetadata) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(positions)
-        rotary = (cos.to(x.dtype), sin.to(x.dtype))
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(rotary, x, metadata)
-        return self.norm(x)
+            x, residual = layer(self.rotary_emb, positions, x, residual, metadata)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

@@ -8,6 +8,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..layer_ops import rotary_embedding
+
 
 def inv_frequencies(head_dim: int, rope_theta: float,
                     rope_scaling: Optional[Dict[str, Any]] = None) -> torch.Tensor:
@@ -33,9 +35,9 @@ def inv_frequencies(head_dim: int, rope_theta: float,
 
 
 class RotaryEmbedding(nn.Module):
-    """The cos/sin table of ``max_position`` positions, computed once; calling it
-    gives the rows of a batch's positions, which every layer then applies with
-    :func:`apply_rotary`."""
+    """The cos/sin table of ``max_position`` positions, computed once in float32
+    (then cast with the model); calling it rotates a batch's queries and keys
+    at their positions."""
 
     def __init__(self, head_dim: int, max_position: int, rope_theta: float,
                  rope_scaling: Optional[Dict[str, Any]] = None):
@@ -46,19 +48,9 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``positions`` int64 ``[num_tokens]``, each below ``max_position`` (the
-        caller's to ensure: checking here would synchronise a GPU); returns cos
-        and sin ``[num_tokens, 1, head_dim]``."""
-        return self.cos[positions][:, None, :], self.sin[positions][:, None, :]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
-                 sin: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rotates ``[num_tokens, heads, head_dim]`` queries and keys."""
-    return query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
+        caller's to ensure: checking here would synchronise a GPU); ``query`` and
+        ``key`` ``[num_tokens, heads, head_dim]``."""
+        return rotary_embedding(positions, query, key, self.cos, self.sin)

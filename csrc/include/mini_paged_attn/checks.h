@@ -77,3 +77,16 @@ void check_slot_mapping(const char* op, const at::Tensor& slot_mapping, int64_t 
 void check_block_mapping(const char* op, const at::Tensor& block_mapping, int64_t num_blocks);
 
 }  // namespace mini_paged_attn
+
+namespace mini_paged_attn {
+
+// logits:            [num_rows, vocab] float32/float16/bfloat16, last dim contiguous
+// temperatures:      float32 [num_rows] (<= 0: greedy)
+// min_scaled_logits: float32 [num_rows]; only tokens with logit / T >= it are drawn
+// seeds, positions:  int64 [num_rows], the counter of each row's noise
+// All contiguous and on the device of logits.
+void check_sample_tokens(const at::Tensor& logits, const at::Tensor& temperatures,
+                         const at::Tensor& min_scaled_logits, const at::Tensor& seeds,
+                         const at::Tensor& positions);
+
+}  // namespace mini_paged_attn

@@ -1,0 +1,41 @@
+// Counter-based sampling noise shared by the CPU and CUDA sample_tokens
+// kernels. Each (row seed, position, token) names one uniform draw, so a
+// seeded sequence samples the same tokens alone, in any batch and after a
+// preemption (its position is the counter), and no row needs a generator.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define MPA_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define MPA_HOST_DEVICE inline
+#endif
+
+namespace mini_paged_attn {
+
+// SplitMix64's finaliser: every input bit reaches every output bit.
+MPA_HOST_DEVICE uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The key of one row's draw: its seed and the position being sampled.
+MPA_HOST_DEVICE uint64_t noise_key(int64_t seed, int64_t position) {
+  return mix64(static_cast<uint64_t>(seed) ^ mix64(static_cast<uint64_t>(position) +
+                                                   0x9E3779B97F4A7C15ull));
+}
+
+// Gumbel(0, 1) noise of `token` under `key`: argmax of logit / T + noise
+// samples softmax(logit / T) (the Gumbel-max trick). u is in (0, 1), 24 bits.
+MPA_HOST_DEVICE float gumbel_noise(uint64_t key, int64_t token) {
+  const uint64_t bits = mix64(key + static_cast<uint64_t>(token) * 0x9E3779B97F4A7C15ull);
+  const float u = (static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  return -logf(-logf(u));
+}
+
+}  // namespace mini_paged_attn
