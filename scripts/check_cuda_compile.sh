@@ -10,6 +10,7 @@
 #                         (default: .venv/bin/python if present, else python3)
 #   NVCC_EXTRA_FLAGS=...  appended to every nvcc call (e.g. "-Xptxas -v")
 #   NVDISASM=...          the disassembler to use
+#   CUDA_FILES="..."      compile only these kernel files
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +75,8 @@ compile() {
   ) &
   pids+=($!)
 }
-files=(csrc/kernels/*.cu)
+# shellcheck disable=SC2206
+files=(${CUDA_FILES:-csrc/kernels/*.cu})  # CUDA_FILES="a.cu b.cu": only those
 mkdir -p "$OUT_DIR/keep"  # intermediate files, the cubins among them, for the SASS check below
 for f in "${files[@]}"; do compile "$f" "${FLAGS[@]}" --keep --keep-dir "$OUT_DIR/keep"; done
 # Stand-alone CUDA benchmarks: no torch, and Hopper's bulk tensor copies need sm_90.

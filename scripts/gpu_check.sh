@@ -8,7 +8,12 @@
 #   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
 #   PYTEST_WORKERS=N        pytest-xdist workers (default 0: in-process; with 4 workers
 #                           the CUDA-graph test failed twice, unexplained, see docs/perf-notes.md)
-#   SKIP_TESTS=1 / SKIP_BENCH=1
+#   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
+#   ENGINE_WORKLOADS="nano fixed eager cpu"
+#                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
+#                           "nano"; "" skips): nano = nano-vllm's workload; fixed = its
+#                           prompts, 512 greedy tokens, against transformers generate and
+#                           generate_batch; eager = nano with --enforce-eager
 #   ARCH_LIST="8.0+PTX"     build for another TORCH_CUDA_ARCH_LIST (default 9.0): with
 #                           8.0+PTX the H100 runs the sm_80 code paths (JIT from PTX)
 set -uo pipefail
@@ -79,12 +84,29 @@ EOF
     --profile ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 fi
 
+ENGINE=(--device cuda --model-size 0.5b --kv-memory-gb 40 --max-num-seqs 512
+        --max-num-batched-tokens 16384)
+for w in ${ENGINE_WORKLOADS-nano}; do
+  echo "== engine: $w"
+  case $w in
+    nano) args=(--workload nano) ;;
+    eager) args=(--workload nano --enforce-eager) ;;
+    fixed) args=(--workload fixed --baselines hf,hf-batch --hf-batch-size 64 --decode-steps 0) ;;
+    *) echo "unknown engine workload $w"; continue ;;
+  esac
+  timeout "${ENGINE_TIMEOUT:-480}" $PY benchmarks/bench_engine.py "${ENGINE[@]}" "${args[@]}" \
+    --json "$OUT/engine_$w.json" 2>&1 | grep -v "Writing model shards" | tee "$OUT/engine_$w.log"
+done
+
 echo "== summary"
 cat "$OUT/ceilings.txt" 2>/dev/null
 # Kernel times after the same flush (bench_decode.py --profile), main shapes only.
 grep -E '^  B=(1|8|64|128|32|256) ctx=[0-9]+ .* bs=16 ' "$OUT/bench.log" 2>/dev/null
 grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/pytest.log" 2>/dev/null | tail -n 1
 echo "tests: $test_status"
+for f in "$OUT"/engine_*.log; do
+  [[ -f $f ]] && grep -E "^(mini_paged_attn|transformers|decode step)" "$f" | sed "s|^|$(basename "$f" .log): |"
+done
 if [[ -f "$OUT/bench.json" ]]; then
   $PY - "$OUT/bench.json" <<'EOF'
 import json, sys

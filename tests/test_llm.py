@@ -176,6 +176,23 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(hf):
     assert all(len(o.token_ids) == 12 for o in alone.outputs)
 
 
+def test_seeded_sampling_survives_a_crowd_and_preemption(hf):
+    path, _, prompts, _ = hf
+    params = SamplingParams(temperature=0.9, top_k=20, seed=11, max_tokens=15, ignore_eos=True)
+    alone = LLM(path, PagedKVCacheConfig(256 * BLOCK_BYTES, BLOCK), device="cpu") \
+        .generate(prompts[2], params)[0].outputs[0].token_ids
+    g = torch.Generator().manual_seed(5)
+    others = [torch.randint(3, 256, (int(n),), generator=g).tolist()
+              for n in torch.randint(1, 40, (50,), generator=g)]
+    crowd = others[:25] + [prompts[2]] + others[25:]
+    other = SamplingParams(temperature=1.0, max_tokens=10, ignore_eos=True)
+    for blocks in (4096, 24):  # 24 blocks of 4 tokens: the crowd preempts
+        llm = LLM(path, PagedKVCacheConfig(blocks * BLOCK_BYTES, BLOCK), device="cpu")
+        out = llm.generate(crowd, [other] * 25 + [params] + [other] * 25)
+        assert out[25].outputs[0].token_ids == alone
+        assert (llm.engine.scheduler.stats.num_preemptions > 0) == (blocks == 24)
+
+
 def test_n_samples_share_the_prompt_blocks(hf):
     path, _, prompts, _ = hf
     n, params = 4, dict(temperature=1.0, max_tokens=6, ignore_eos=True, seed=3)

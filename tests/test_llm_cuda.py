@@ -33,8 +33,9 @@ def _greedy(model, prompt):
     return out[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("enforce_eager", [False, True])
 @pytest.mark.parametrize("cache", ["paged", "paged-preempt-chunked", "static"])
-def test_greedy_float32_matches_transformers(hf, cache):
+def test_greedy_float32_matches_transformers(hf, cache, enforce_eager):
     path, model, prompts = hf
     bytes_per_token = 2 * 3 * 2 * 64 * 4
     config, budget = {
@@ -44,7 +45,9 @@ def test_greedy_float32_matches_transformers(hf, cache):
         "paged-preempt-chunked": (PagedKVCacheConfig(45 * 4 * bytes_per_token, 4), 32),
         "static": (StaticKVCacheConfig(2, 160), 2048),
     }[cache]
-    llm = LLM(path, config, device="cuda", dtype=torch.float32, max_num_batched_tokens=budget)
+    llm = LLM(path, config, device="cuda", dtype=torch.float32, max_num_batched_tokens=budget,
+              enforce_eager=enforce_eager)
+    assert (llm.engine.runner.graphs is None) == enforce_eager
     outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
     assert [o.outputs[0].token_ids for o in outputs] == [_greedy(model, p) for p in prompts]
     if cache == "paged-preempt-chunked":
@@ -73,3 +76,55 @@ def test_bfloat16_sampling_runs_and_is_reproducible(hf):
         [[o.token_ids for o in r.outputs] for r in b]
     assert all(len(o.token_ids) == 16 for r in a for o in r.outputs)
     assert llm.engine.kv_cache.num_used_blocks == 0
+
+
+def _crowd(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 512, (int(k),), generator=g).tolist()
+            for k in torch.randint(1, 90, (n,), generator=g)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_replay_gives_the_eager_tokens(hf, dtype):
+    # Batch sizes between buckets (5 -> 8, 13 -> 16, 37 -> 48 with max_num_seqs 48),
+    # shrinking as requests of different lengths finish.
+    path, _, _ = hf
+    prompts = _crowd(37, 3)
+    lengths = [4 + i % 19 for i in range(37)]
+    tokens = {}
+    for eager in (False, True):
+        llm = LLM(path, device="cuda", dtype=dtype, max_num_seqs=48, enforce_eager=eager)
+        out = []
+        for n in (5, 13, 37):
+            params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)
+                      for m in lengths[:n]]
+            out.append([o.outputs[0].token_ids for o in llm.generate(prompts[:n], params)])
+        tokens[eager] = out
+    assert tokens[False] == tokens[True]
+
+
+@pytest.mark.parametrize("blocks", [4096, 40])
+def test_seeded_request_alone_or_in_a_crowd_of_50(hf, blocks):
+    path, _, prompts = hf
+    bytes_per_block = 16 * 2 * 3 * 2 * 64 * 2
+    params = SamplingParams(temperature=0.8, top_p=0.95, seed=123, max_tokens=20,
+                            ignore_eos=True)
+    alone = LLM(path, device="cuda", dtype=torch.bfloat16).generate(prompts[3], params)
+    crowd = _crowd(50, 4)
+    other = SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True)
+    llm = LLM(path, PagedKVCacheConfig(blocks * bytes_per_block), device="cuda",
+              dtype=torch.bfloat16)
+    out = llm.generate(crowd[:20] + [prompts[3]] + crowd[20:], [other] * 20 + [params] +
+                       [other] * 30)
+    assert out[20].outputs[0].token_ids == alone[0].outputs[0].token_ids
+    assert (llm.engine.scheduler.stats.num_preemptions > 0) == (blocks == 40)
+
+
+def test_a_kv_budget_beyond_the_gpu_is_a_clear_error(hf):
+    path, _, _ = hf
+    free, _ = torch.cuda.mem_get_info()
+    with pytest.raises(ValueError, match="max_kv_memory_bytes"):
+        LLM(path, PagedKVCacheConfig(free + (1 << 30)), device="cuda")
+    # A budget that fits leaves room for the graphs: start-up and a step work.
+    llm = LLM(path, PagedKVCacheConfig(free // 2), device="cuda", max_num_seqs=64)
+    assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3))[0].outputs[0].token_ids) == 3

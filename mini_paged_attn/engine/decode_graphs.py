@@ -52,7 +52,9 @@ class DecodeInputs:
         h[4, :num_rows] = h[1, :num_rows] + 1
         for i, value in enumerate(self.PADDING):
             h[i, num_rows:bucket] = value
-        self.device[:, :bucket].copy_(self.host[:, :bucket], non_blocking=True)
+        # The whole buffer: one contiguous copy (a strided one would be staged
+        # through pageable memory, which synchronises).
+        self.device.copy_(self.host, non_blocking=True)
 
     def field(self, name: str, bucket: int) -> torch.Tensor:
         return self.device[self.FIELDS.index(name), :bucket]
