@@ -172,7 +172,7 @@ def sample_tokens(
 
     Rows with ``temperatures <= 0`` take the argmax (the lowest index of ties).
     The others draw from ``softmax(logits / T)`` restricted to the tokens with
-    ``logits / T >= min_scaled_logits`` (``-inf``: all), by the Gumbel-max trick
+    ``logits * (1 / T) >= min_scaled_logits`` (``-inf``: all), by the Gumbel-max trick
     with counter-based noise: the draw is a function of ``(seeds[r],
     positions[r], token)``, so equal inputs give equal tokens in any batch.
 

@@ -99,8 +99,16 @@ def test_graph_replay_gives_the_eager_tokens(hf, dtype):
             params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True)
                       for m in lengths[:n]]
             out.append([o.outputs[0].token_ids for o in llm.generate(prompts[:n], params)])
+        # A stop id that greedy decoding emits: some requests end early, one
+        # overlapped step after their last token was launched.
+        flat = [t for batch in out for ids in batch for t in ids[2:]]
+        stop = max(set(flat), key=flat.count)
+        params = [SamplingParams(temperature=0, max_tokens=m, stop_token_ids=[stop])
+                  for m in lengths]
+        out.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
         tokens[eager] = out
     assert tokens[False] == tokens[True]
+    assert any(len(ids) < m for ids, m in zip(tokens[True][-1], lengths)), "no request stopped"
 
 
 @pytest.mark.parametrize("blocks", [4096, 40])

@@ -33,8 +33,9 @@ def _expected(logits, temperature, top_k=-1, top_p=1.0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_greedy_is_argmax_with_its_logprob(device, dtype):
-    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)).to(dtype)
+@pytest.mark.parametrize("vocab", [50, 1024])  # the CUDA kernel loads 16 bytes at once if it can
+def test_greedy_is_argmax_with_its_logprob(device, dtype, vocab):
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(0)).to(dtype)
     logits[2, 7] = logits[2, 9] = logits[2].max() + 1  # a tie: the lowest index wins
     tokens, logprobs = Sampler()(logits.to(device), [SamplingParams(temperature=0)] * 6,
                                  list(range(6)), [0] * 6)

@@ -20,6 +20,7 @@ template <typename scalar_t>
 void sample_row(const scalar_t* logits, int64_t vocab, float temperature, float min_scaled,
                 int64_t seed, int64_t position, int64_t* token, float* logprob) {
   const bool greedy = !(temperature > 0.0f);
+  const float inv_temperature = 1.0f / temperature;  // as the Python thresholds scale
   const uint64_t key = noise_key(seed, position);
   float max_logit = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < vocab; ++i) max_logit = std::fmax(max_logit, static_cast<float>(logits[i]));
@@ -30,7 +31,7 @@ void sample_row(const scalar_t* logits, int64_t vocab, float temperature, float 
     sum += std::exp(x - max_logit);
     float score = x;
     if (!greedy) {
-      const float scaled = x / temperature;
+      const float scaled = x * inv_temperature;
       score = scaled >= min_scaled ? scaled + gumbel_noise(key, i)
                                    : -std::numeric_limits<float>::infinity();
     }

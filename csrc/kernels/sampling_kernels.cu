@@ -51,7 +51,28 @@ __device__ __forceinline__ SampleState warp_merge(SampleState s) {
   return s;
 }
 
-template <typename scalar_t>
+// Folds token i (logit v) into the thread's state.
+__device__ __forceinline__ void visit(SampleState& s, float v, int64_t i, bool greedy,
+                                      float inv_temperature, float min_scaled, uint64_t key) {
+  if (v > s.max_logit) {
+    s.sum = s.sum * __expf(s.max_logit - v) + 1.0f;
+    s.max_logit = v;
+  } else if (v != -INFINITY) {
+    s.sum += __expf(v - s.max_logit);
+  }
+  float score = v;
+  if (!greedy) {
+    const float scaled = v * inv_temperature;
+    score = scaled >= min_scaled ? scaled + gumbel_noise(key, i) : -INFINITY;
+  }
+  if (score > s.best) {  // i only grows within a thread: strict keeps the lowest
+    s.best = score;
+    s.index = i;
+  }
+}
+
+// kVec logits per load: 16 bytes when the row allows it, else one.
+template <typename scalar_t, int kVec>
 __global__ void __launch_bounds__(kSampleThreads)
     sample_tokens_kernel(const scalar_t* __restrict__ logits, int64_t row_stride, int64_t vocab,
                          const float* __restrict__ temperatures,
@@ -62,28 +83,24 @@ __global__ void __launch_bounds__(kSampleThreads)
   const scalar_t* x = logits + row * row_stride;
   const float temperature = temperatures[row];
   const bool greedy = !(temperature > 0.0f);
+  const float inv_temperature = 1.0f / temperature;  // as the Python thresholds scale
   const float min_scaled = min_scaled_logits[row];
   const uint64_t key = noise_key(seeds[row], positions[row]);
 
   // -FLT_MAX, not -inf, as the first best: a row whose every score is -inf
   // (or NaN) still names a token.
   SampleState s{-INFINITY, 0.0f, -FLT_MAX, vocab};
-  for (int64_t i = threadIdx.x; i < vocab; i += kSampleThreads) {
-    const float v = Convert<scalar_t>::to_float(x[i]);
-    if (v > s.max_logit) {
-      s.sum = s.sum * __expf(s.max_logit - v) + 1.0f;
-      s.max_logit = v;
-    } else if (v != -INFINITY) {
-      s.sum += __expf(v - s.max_logit);
+  for (int64_t base = threadIdx.x * kVec; base < vocab; base += kSampleThreads * kVec) {
+    scalar_t v[kVec];
+    if constexpr (kVec == 1) {
+      v[0] = x[base];
+    } else {
+      *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(x + base);
     }
-    float score = v;
-    if (!greedy) {
-      const float scaled = v / temperature;
-      score = scaled >= min_scaled ? scaled + gumbel_noise(key, i) : -INFINITY;
-    }
-    if (score > s.best) {  // i only grows within a thread: strict keeps the lowest
-      s.best = score;
-      s.index = i;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      visit(s, Convert<scalar_t>::to_float(v[j]), base + j, greedy, inv_temperature, min_scaled,
+            key);
     }
   }
   s = warp_merge(s);
@@ -117,7 +134,12 @@ std::tuple<at::Tensor, at::Tensor> sample_tokens(const at::Tensor& logits,
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto launch = [&](auto tag) {
     using scalar_t = decltype(tag);
-    sample_tokens_kernel<scalar_t><<<static_cast<unsigned>(rows), kSampleThreads, 0, stream>>>(
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    const bool vectorized = vocab % kVec == 0 && logits.stride(0) % kVec == 0 &&
+                            reinterpret_cast<uintptr_t>(logits.data_ptr()) % 16 == 0;
+    const auto kernel = vectorized ? sample_tokens_kernel<scalar_t, kVec>
+                                   : sample_tokens_kernel<scalar_t, 1>;
+    kernel<<<static_cast<unsigned>(rows), kSampleThreads, 0, stream>>>(
         static_cast<const scalar_t*>(logits.data_ptr()), logits.stride(0), vocab,
         temperatures.data_ptr<float>(), min_scaled_logits.data_ptr<float>(),
         seeds.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(),

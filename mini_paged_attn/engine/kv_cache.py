@@ -6,7 +6,7 @@ sequence, InfiniLM's static mode)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List, Set
+from typing import List, Optional, Set
 
 import torch
 
@@ -87,15 +87,16 @@ class KVCache(ABC):
     def append(self, seq) -> None:
         """A slot for the last token of ``seq`` (copying a shared block first)."""
 
-    def append_decodes(self, seqs) -> torch.Tensor:
-        """A slot each for the last token of every sequence of ``seqs`` (one
+    def append_decodes(self, seqs, token_ids: Optional[List[int]]) -> torch.Tensor:
+        """A slot each for one more token of every sequence of ``seqs`` (one
         decode step), all or nothing: ``MemoryError`` if they do not all fit.
-        Returns the int64 host slots, in ``seqs`` order."""
+        ``token_ids`` are those tokens' ids, None while they are still on the
+        GPU. Returns the int64 host slots, in ``seqs`` order."""
         if not all(self.can_append(s) for s in seqs):
             raise MemoryError("the KV cache cannot give every sequence of the decode step a slot")
         for s in seqs:
             self.append(s)
-        return torch.cat([self.slot_mapping(s, s.num_tokens - 1, 1) for s in seqs])
+        return torch.cat([self.slot_mapping(s, s.num_slots - 1, 1) for s in seqs])
 
     @abstractmethod
     def fork(self, parent, child) -> None:

@@ -11,6 +11,7 @@ from ..model.llama import LlamaForCausalLM
 from ..sampling_params import SamplingParams
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
+from .overlap import OverlappedDecoder
 from .request import Request
 from .sampler import Sampler, sample_seed
 from .scheduler import Scheduler
@@ -41,6 +42,7 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.scheduler = Scheduler(kv_cache, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(model, kv_cache, self.device, max_num_seqs, enforce_eager)
+        self.overlap = OverlappedDecoder(self) if self.runner.graphs is not None else None
         self.sampler = Sampler()
         # Unseeded requests get their seeds from this stream, so a whole run is reproducible.
         self.seeds = random.Random(seed)
@@ -97,6 +99,17 @@ class LLMEngine:
         return self.scheduler.has_unfinished
 
     def step(self) -> List[Request]:
+        """Runs one step; returns the requests it finished (with overlapped
+        decode steps, those the step before finished)."""
+        finished: List[Request] = []
+        if self.overlap is not None:
+            if self.overlap.can_run():
+                done = self.overlap.step()
+                if done is not None:
+                    return done
+            finished = self.overlap.drain()
+            if not self.scheduler.has_unfinished:
+                return finished
         batch = self.scheduler.schedule()
         if not batch:
             raise RuntimeError(
@@ -110,12 +123,12 @@ class LLMEngine:
             self.kv_cache.mark_written(seq, seq.num_computed_tokens, n)
         for seq, n in batch:
             seq.num_computed_tokens += n
-        self._record_cache_stats()
+        self.record_cache_stats()
         sampled = [i for i, seq in enumerate(due) if seq.request.sampling_params is not None]
         for i, seq in enumerate(due):
             if seq.request.sampling_params is None:
                 seq.logprobs = torch.log_softmax(logits[i].float(), dim=-1)
-        return self._sample(due, logits, sampled)
+        return finished + self._sample(due, logits, sampled)
 
     def _sample(self, due: List[Sequence], logits: torch.Tensor,
                 sampled: List[int]) -> List[Request]:
@@ -142,15 +155,22 @@ class LLMEngine:
             [s.num_tokens for s in targets])
         finished = []
         for seq, token, logprob in zip(targets, tokens, logprobs):
-            seq.append_token(token, logprob)
-            self.num_generated_tokens += 1
-            if seq.request.check_stop(seq):
-                self.scheduler.finish(seq)
-                if seq.request.finished:
-                    finished.append(seq.request)
+            request = self.append_token(seq, token, logprob)
+            if request is not None:
+                finished.append(request)
         return finished
 
-    def _record_cache_stats(self) -> None:
+    def append_token(self, seq: Sequence, token: int, logprob: float) -> Optional[Request]:
+        """Appends a sampled token; returns the request if that finished it."""
+        seq.append_token(token, logprob)
+        self.num_generated_tokens += 1
+        if seq.request.check_stop(seq):
+            self.scheduler.finish(seq)
+            if seq.request.finished:
+                return seq.request
+        return None
+
+    def record_cache_stats(self) -> None:
         s, running = self.cache_stats, self.scheduler.running
         used = self.kv_cache.num_used_blocks
         logical = self.kv_cache.num_logical_blocks(running)

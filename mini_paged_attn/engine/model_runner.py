@@ -9,13 +9,14 @@ sent through pinned memory. Neither synchronises with the GPU.
 from __future__ import annotations
 
 import bisect
-from typing import List, Sequence as Seq, Tuple
+from typing import List, Optional, Sequence as Seq, Tuple
 
 import torch
 
 from ..attention_metadata import AttentionMetadata
 from ..model.llama import LlamaForCausalLM
 from .decode_graphs import DecodeGraphs, DecodeInputs, bucket_sizes
+from .host_to_device import to_device
 from .kv_cache import KVCache
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
@@ -40,20 +41,17 @@ class ModelRunner:
                     self.graphs.capture(self.buckets)
 
     def _tensor(self, data, dtype) -> torch.Tensor:
-        t = data.to(dtype) if isinstance(data, torch.Tensor) else torch.tensor(data, dtype=dtype)
-        if self.device.type == "cpu":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        return to_device(data, dtype, self.device)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
         """Computes the scheduled tokens (writing their K/V into the cache).
         Returns the sequences whose every token is now computed and their
         next-token logits (the model's dtype), one row each."""
-        self.kv_cache.sync_block_table()
         if self.buckets and len(batch) <= self.buckets[-1] and all(
                 n == 1 and seq.num_uncomputed_tokens == 1 for seq, n in batch):
             return self._decode(batch)
+        self.kv_cache.sync_block_table()
         return self._eager(batch.entries)
 
     # -- decode steps on a GPU: static inputs, a graph per bucket -------------------------
@@ -70,18 +68,31 @@ class ModelRunner:
 
     def _decode(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
         seqs = [seq for seq, _ in batch]
-        n = len(seqs)
-        bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
         # Slots the scheduler got in one call, then those of sequences admitted after.
         given = [] if batch.decode_slots is None else [batch.decode_slots]
         k = 0 if batch.decode_slots is None else len(batch.decode_slots)
         slots = torch.cat(given + [self.kv_cache.slot_mapping(s, s.num_tokens - 1, 1)
                                    for s in seqs[k:]])
-        self.inputs.fill(n, bucket, [s.token_ids[-1] for s in seqs],
-                         [s.num_tokens - 1 for s in seqs], slots,
+        return seqs, self.decode(seqs, slots, [s.num_tokens - 1 for s in seqs],
+                                 [s.token_ids[-1] for s in seqs])
+
+    @torch.inference_mode()
+    def decode(self, seqs: List[Sequence], slots: torch.Tensor, positions: List[int],
+               token_ids: Optional[List[int]], token_source: Optional[torch.Tensor] = None
+               ) -> torch.Tensor:
+        """Logits of one decode token per sequence of ``seqs`` at ``positions``,
+        its K/V going to ``slots``; the token ids come from the host
+        (``token_ids``) or from a device tensor (``token_source``, one per
+        sequence: the tokens a step before sampled)."""
+        n = len(seqs)
+        bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
+        self.kv_cache.sync_block_table()
+        self.inputs.fill(n, bucket, token_ids or [0] * n, positions, slots,
                          [self.kv_cache.row_of(s) for s in seqs])
+        if token_source is not None:
+            self.inputs.field("input_ids", n).copy_(token_source)
         logits = self.graphs.replay(bucket) if self.graphs else self._decode_forward(bucket)
-        return seqs, logits[:n]
+        return logits[:n]
 
     # -- any other step: eager, sized to the batch ---------------------------------------
     def _eager(self, scheduled: Seq[Tuple[Sequence, int]]

@@ -2,6 +2,8 @@
 block tables of issue 4 (``BlockTables``: fork, copy-on-write, prefix cache)."""
 from __future__ import annotations
 
+from typing import List, Optional
+
 import torch
 
 from .._C import PagedKVCacheConfig
@@ -9,6 +11,7 @@ from ..block_manager import BlockManager
 from ..block_tables import BlockTables
 from ..config import num_blocks_for
 from ..ops import copy_blocks
+from .host_to_device import to_device
 from .kv_cache import KVCache
 
 
@@ -37,7 +40,8 @@ class PagedKVCache(KVCache):
 
     def _copy(self, block_mapping: torch.Tensor) -> None:
         if block_mapping.numel():
-            copy_blocks(self.key_caches, self.value_caches, block_mapping.to(self.kv.device))
+            copy_blocks(self.key_caches, self.value_caches,
+                        to_device(block_mapping, torch.int64, self.kv.device), check=False)
 
     def can_add(self, seq) -> bool:
         return self.tables.can_allocate(num_tokens=seq.num_tokens)
@@ -57,11 +61,11 @@ class PagedKVCache(KVCache):
         seq.num_slots += 1
         self._touch(self.row_of(seq))
 
-    def append_decodes(self, seqs) -> torch.Tensor:
+    def append_decodes(self, seqs, token_ids: Optional[List[int]]) -> torch.Tensor:
         # One C++ call for the whole step; it also marks the tokens the
         # sequences already hold as written (the last step computed them).
         slots, changed_rows, block_mapping = self.tables.decode_step(
-            [s.seq_id for s in seqs], [s.token_ids[-1] for s in seqs])
+            [s.seq_id for s in seqs], token_ids)
         self._copy(block_mapping)
         for s in seqs:
             s.num_slots += 1

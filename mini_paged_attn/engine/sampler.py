@@ -8,6 +8,7 @@ import torch
 
 from ..ops import sample_tokens
 from ..sampling_params import SamplingParams
+from .host_to_device import to_device
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -24,45 +25,49 @@ class Sampler:
     (row seed, position, token) (``ops.sample_tokens``), so a seeded sequence
     draws the same tokens whatever else is in the batch."""
 
-    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, params: Sequence[SamplingParams],
                  seeds: Sequence[int], positions: Sequence[int]
                  ) -> Tuple[List[int], List[float]]:
         """``logits [rows, vocab]``; ``seeds`` and ``positions`` (the index of the
         token being drawn) name each row's noise. Returns each row's token and
         its log-probability under the unscaled distribution."""
+        tokens, logprobs = self.launch(logits, params, seeds, positions)
+        return tokens.tolist(), logprobs.tolist()
+
+    @torch.inference_mode()
+    def launch(self, logits: torch.Tensor, params: Sequence[SamplingParams],
+               seeds: Sequence[int], positions: Sequence[int]
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The same, left on the device (int64 tokens, float32 log-probabilities)
+        without waiting for the GPU."""
         rows, vocab = logits.shape
         device = logits.device
-        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+        temperature = to_device([p.temperature for p in params], torch.float32, device)
+        min_scaled = torch.full((rows,), float("-inf"), device=device)
         filtered = [i for i, p in enumerate(params)
                     if not p.greedy and (0 < p.top_k < vocab or p.top_p < 1)]
-        pinned = device.type == "cuda"
-        host = [temperature, torch.tensor(seeds, dtype=torch.int64),
-                torch.tensor(positions, dtype=torch.int64)]
-        temperature, seeds_t, positions_t = (
-            (t.pin_memory() if pinned else t).to(device, non_blocking=True) for t in host)
-        min_scaled = torch.full((rows,), float("-inf"), device=device)
         if filtered:
-            idx = torch.tensor(filtered, device=device)
-            min_scaled[idx] = _thresholds(logits[idx].float() / temperature[idx, None],
+            idx = to_device(filtered, torch.int64, device)
+            min_scaled[idx] = _thresholds(logits[idx].float() * (1.0 / temperature[idx, None]),
                                           [params[i] for i in filtered])
-        tokens, logprobs = sample_tokens(logits, temperature, min_scaled, seeds_t, positions_t)
-        return tokens.tolist(), logprobs.tolist()
+        return sample_tokens(logits, temperature, min_scaled, to_device(seeds, torch.int64, device),
+                             to_device(positions, torch.int64, device))
 
 
 def _thresholds(scaled: torch.Tensor, params: List[SamplingParams]) -> torch.Tensor:
     """The smallest scaled logit each row keeps under its top-k and top-p."""
     rows, vocab = scaled.shape
+    device = scaled.device
     top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
     k_max = max(top_k)
     # A partial selection when every row has a top-k, a full sort otherwise.
     values = scaled.topk(k_max, dim=-1).values if k_max < vocab else \
         scaled.sort(dim=-1, descending=True).values
-    rank = torch.arange(k_max, device=scaled.device)[None, :]
-    k = torch.tensor(top_k, device=scaled.device)[:, None]
+    rank = torch.arange(k_max, device=device)[None, :]
+    k = to_device(top_k, torch.int64, device)[:, None]
     values = values.masked_fill(rank >= k, float("-inf"))
     probs = values.softmax(dim=-1)
-    top_p = torch.tensor([p.top_p for p in params], device=scaled.device)[:, None]
+    top_p = to_device([p.top_p for p in params], torch.float32, device)[:, None]
     # Keep a token while the more likely ones add up to less than top_p (so the
     # most likely token always stays).
     keep = (rank < k) & (probs.cumsum(dim=-1) - probs < top_p)

@@ -103,7 +103,8 @@ class Scheduler:
         decodes = self._decode_batch(budget)
         if decodes:
             try:
-                batch.decode_slots = self.kv_cache.append_decodes(decodes)
+                batch.decode_slots = self.kv_cache.append_decodes(
+                    decodes, [seq.token_ids[-1] for seq in decodes])
             except MemoryError:
                 pass  # all or nothing: the loop below preempts
             else:

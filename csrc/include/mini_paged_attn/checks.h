@@ -82,7 +82,7 @@ namespace mini_paged_attn {
 
 // logits:            [num_rows, vocab] float32/float16/bfloat16, last dim contiguous
 // temperatures:      float32 [num_rows] (<= 0: greedy)
-// min_scaled_logits: float32 [num_rows]; only tokens with logit / T >= it are drawn
+// min_scaled_logits: float32 [num_rows]; only tokens with logit * (1 / T) >= it are drawn
 // seeds, positions:  int64 [num_rows], the counter of each row's noise
 // All contiguous and on the device of logits.
 void check_sample_tokens(const at::Tensor& logits, const at::Tensor& temperatures,

@@ -30,12 +30,31 @@ MPA_HOST_DEVICE uint64_t noise_key(int64_t seed, int64_t position) {
                                                    0x9E3779B97F4A7C15ull));
 }
 
+// A 32-bit finaliser (two multiply-xorshift rounds, "lowbias32"): cheap in
+// the per-token loop, where 64-bit multiplies would cost several instructions.
+MPA_HOST_DEVICE uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
+}
+
+MPA_HOST_DEVICE float fast_log(float x) {
+#ifdef __CUDA_ARCH__
+  return __logf(x);
+#else
+  return std::log(x);
+#endif
+}
+
 // Gumbel(0, 1) noise of `token` under `key`: argmax of logit / T + noise
 // samples softmax(logit / T) (the Gumbel-max trick). u is in (0, 1), 24 bits.
 MPA_HOST_DEVICE float gumbel_noise(uint64_t key, int64_t token) {
-  const uint64_t bits = mix64(key + static_cast<uint64_t>(token) * 0x9E3779B97F4A7C15ull);
-  const float u = (static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);
-  return -logf(-logf(u));
+  const uint32_t bits = mix32(mix32(static_cast<uint32_t>(token) ^ static_cast<uint32_t>(key)) ^
+                              static_cast<uint32_t>(key >> 32));
+  const float u = (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return -fast_log(-fast_log(u));
 }
 
 }  // namespace mini_paged_attn
