@@ -65,8 +65,14 @@ def rotary_embedding(positions: torch.Tensor, query: torch.Tensor, key: torch.Te
     if query.is_cuda:
         _ops.rotary_embedding(positions, query, key, cos, sin)
         return query, key
-    c = cos[positions][:, None, :].to(query.dtype)
-    s = sin[positions][:, None, :].to(query.dtype)
+    return apply_rotary(query, key, cos[positions], sin[positions])
+
+
+def apply_rotary(query: torch.Tensor, key: torch.Tensor, cos_rows: torch.Tensor,
+                 sin_rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch form, given each token's ``[num_tokens, head_size]`` cos and sin rows."""
+    c = cos_rows[:, None, :].to(query.dtype)
+    s = sin_rows[:, None, :].to(query.dtype)
     return query * c + _rotate_half(query) * s, key * c + _rotate_half(key) * s
 
 

@@ -8,6 +8,7 @@
 #   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
 #   PYTEST_WORKERS=N        pytest-xdist workers (default 0: in-process; with 4 workers
 #                           the CUDA-graph test failed twice, unexplained, see docs/perf-notes.md)
+#   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine
 #   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
 #   ENGINE_WORKLOADS="nano fixed eager cpu"
 #                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
@@ -33,7 +34,9 @@ PY=python3
 
 echo "== build"
 start=$SECONDS
-if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="${ARCH_LIST:-9.0}" NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-}" \
+if [[ -n "${SKIP_BUILD:-}" ]]; then
+  echo "build skipped"
+elif ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="${ARCH_LIST:-9.0}" NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-}" \
     $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
   tail -n 60 "$OUT/build.log"
   echo "BUILD FAILED"

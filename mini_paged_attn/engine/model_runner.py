@@ -9,7 +9,7 @@ sent through pinned memory. Neither synchronises with the GPU.
 from __future__ import annotations
 
 import bisect
-from typing import List, Optional, Sequence as Seq, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -52,7 +52,7 @@ class ModelRunner:
                 n == 1 and seq.num_uncomputed_tokens == 1 for seq, n in batch):
             return self._decode(batch)
         self.kv_cache.sync_block_table()
-        return self._eager(batch.entries)
+        return self._eager(batch)
 
     # -- decode steps on a GPU: static inputs, a graph per bucket -------------------------
     def _decode_forward(self, bucket: int) -> torch.Tensor:
@@ -95,8 +95,11 @@ class ModelRunner:
         return logits[:n]
 
     # -- any other step: eager, sized to the batch ---------------------------------------
-    def _eager(self, scheduled: Seq[Tuple[Sequence, int]]
-               ) -> Tuple[List[Sequence], torch.Tensor]:
+    def _eager(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
+        scheduled = batch.entries
+        # Slots the scheduler already has (its batched decodes) are not asked again.
+        known = {} if batch.decode_slots is None else dict(
+            zip((id(seq) for seq, _ in scheduled), batch.decode_slots.split(1)))
         # Prefills (several new tokens) first, then decodes, as the metadata wants.
         order = [x for x in scheduled if x[1] > 1] + [x for x in scheduled if x[1] == 1]
         num_prefills = len(scheduled) - sum(n == 1 for _, n in scheduled)
@@ -109,7 +112,8 @@ class ModelRunner:
             start = seq.num_computed_tokens
             input_ids += seq.token_ids[start:start + n]
             positions += range(start, start + n)
-            slots.append(self.kv_cache.slot_mapping(seq, start, n))
+            slot = known.get(id(seq))
+            slots.append(slot if slot is not None else self.kv_cache.slot_mapping(seq, start, n))
             rows.append(self.kv_cache.row_of(seq))
             context_lens.append(start + n)
             if i < num_prefills:

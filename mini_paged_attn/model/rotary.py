@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..layer_ops import rotary_embedding
+from ..layer_ops import apply_rotary, rotary_embedding
 
 
 def inv_frequencies(head_dim: int, rope_theta: float,
@@ -47,10 +47,16 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
+        self._rows = (None, None, None)  # positions, and their cos and sin rows (CPU path)
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``positions`` int64 ``[num_tokens]``, each below ``max_position`` (the
         caller's to ensure: checking here would synchronise a GPU); ``query`` and
         ``key`` ``[num_tokens, heads, head_dim]``."""
-        return rotary_embedding(positions, query, key, self.cos, self.sin)
+        if query.is_cuda:
+            return rotary_embedding(positions, query, key, self.cos, self.sin)
+        # Every layer gets the same positions tensor: gather its rows once.
+        if self._rows[0] is not positions:
+            self._rows = (positions, self.cos[positions], self.sin[positions])
+        return apply_rotary(query, key, self._rows[1], self._rows[2])
