@@ -216,10 +216,10 @@ def run_transformers(args, model, workload: Workload) -> float:
     return time.perf_counter() - start
 
 
-@torch.inference_mode()
 def run_transformers_batch(args, model, workload: Workload) -> float:
     """transformers' continuous batching; every request asks for the longest
-    output (one GenerationConfig serves the batch), counted as requested."""
+    output (one GenerationConfig serves the batch), counted as requested. Not
+    under inference_mode: its generation thread updates tensors made here."""
     from transformers import GenerationConfig
 
     n = max(m for _, _, m in workload)
