@@ -24,6 +24,7 @@ def main(argv=None) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = 0.0
     ticks, labels = [], []
+    newline = "\n"
     for run in runs:
         systems = run["systems"]
         for i, (name, r) in enumerate(systems.items()):
@@ -32,7 +33,7 @@ def main(argv=None) -> None:
             ax.bar_label(bar, labels=[f"{tok_s:,.0f}"], fontsize=8)
             ticks.append(x + i)
             eager = " (eager)" if run.get("enforce_eager") and name.startswith("mini") else ""
-            labels.append(f"{name}{eager}\n{run['workload']}")
+            labels.append(f"{name.replace(' ', newline, 1)}{eager}\n[{run['workload']}]")
         x += len(systems) + 0.8
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel("output tokens / s")
