@@ -100,3 +100,17 @@ def test_cuda_kernels_name_bad_arguments():
     with pytest.raises(TypeError, match="cos"):
         rotary_embedding(torch.zeros(4, dtype=torch.int64, device="cuda"), q, q.clone(),
                          table.half(), table.half())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_opcheck():
+    ops = torch.ops.mini_paged_attn
+    x = torch.randn(5, 64, device="cuda")
+    w = torch.rand(64, device="cuda")
+    torch.library.opcheck(ops.rms_norm, (torch.empty_like(x), x, w, 1e-6))
+    torch.library.opcheck(ops.fused_add_rms_norm, (x.clone(), x.clone(), w, 1e-6))
+    torch.library.opcheck(ops.silu_and_mul, (torch.empty(5, 32, device="cuda"), x))
+    q, k = torch.randn(5, 4, 64, device="cuda"), torch.randn(5, 2, 64, device="cuda")
+    table = torch.rand(16, 64, device="cuda")
+    torch.library.opcheck(ops.rotary_embedding,
+                          (torch.arange(5, device="cuda"), q, k, table, table))

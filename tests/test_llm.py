@@ -214,6 +214,8 @@ def test_bad_arguments(hf):
         LLM(path, cache_config=1 << 20, device="cpu")
     with pytest.raises(ValueError, match="max_num_seqs"):
         LLM(path, device="cpu", max_num_seqs=0)
+    with pytest.raises(TypeError, match="enforce_eager"):
+        LLM(path, device="cpu", enforce_eager="no")
     llm = LLM(path, PagedKVCacheConfig(64 * BLOCK_BYTES, BLOCK), device="cpu")
     with pytest.raises(ValueError, match="prompt"):
         llm.generate([[1, 2], [1, 2, 256]])

@@ -113,3 +113,11 @@ def test_temperature_extremes(device):
 def test_sampling_params_errors(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SamplingParams(**kwargs)
+
+
+def test_opcheck(device):
+    logits = torch.randn(4, 64, device=device)
+    f32 = torch.tensor([0.0, 0.5, 1.0, 2.0], device=device)
+    i64 = torch.arange(4, device=device)
+    torch.library.opcheck(torch.ops.mini_paged_attn.sample_tokens,
+                          (logits, f32, torch.full((4,), float("-inf"), device=device), i64, i64))

@@ -25,7 +25,11 @@ class DecodeInputs:
     """The decode step's inputs, one int64 row each, padded to a bucket:
     ``input_ids``, ``positions``, ``slot_mapping``, ``rows`` (of the device
     block table) and ``context_lens``. Filled on the host in pinned memory and
-    sent with one non-blocking copy."""
+    sent with one non-blocking copy.
+
+    Two host buffers take turns: with overlapped steps the copy of step N may
+    still be queued when step N + 1 is filled, but the host has waited for
+    step N - 1's results, so the buffer of step N - 1 is free again."""
 
     FIELDS = ("input_ids", "positions", "slot_mapping", "rows", "context_lens")
     # Padding: token 0 at position 0, its K/V not stored, nothing attended to.
@@ -33,28 +37,27 @@ class DecodeInputs:
 
     def __init__(self, max_num_seqs: int, device: torch.device):
         shape = (len(self.FIELDS), max_num_seqs)
-        self.host = torch.zeros(shape, dtype=torch.int64, pin_memory=device.type == "cuda")
-        self.host_view = self.host.numpy()
-        self.device = torch.zeros(shape, dtype=torch.int64, device=device)
-        for i, value in enumerate(self.PADDING):
-            self.host[i] = value
-        self.device.copy_(self.host)
+        padding = torch.tensor(self.PADDING, dtype=torch.int64)[:, None].expand(shape)
+        self.hosts = [padding.clone().pin_memory() if device.type == "cuda" else padding.clone()
+                      for _ in range(2)]
+        self.device = padding.contiguous().to(device)
+        self._turn = 0
 
     def fill(self, num_rows: int, bucket: int, input_ids: List[int], positions: List[int],
              slot_mapping: torch.Tensor, rows: List[int]) -> None:
-        # The previous step's copy from this buffer is done: the host waited
-        # for that step's sampled tokens, which came after it.
-        h = self.host_view
+        host = self.hosts[self._turn]
+        self._turn ^= 1
+        h = host.numpy()
         h[0, :num_rows] = input_ids
         h[1, :num_rows] = positions
-        self.host[2, :num_rows] = slot_mapping
+        host[2, :num_rows] = slot_mapping
         h[3, :num_rows] = rows
         h[4, :num_rows] = h[1, :num_rows] + 1
         for i, value in enumerate(self.PADDING):
             h[i, num_rows:bucket] = value
         # The whole buffer: one contiguous copy (a strided one would be staged
         # through pageable memory, which synchronises).
-        self.device.copy_(self.host, non_blocking=True)
+        self.device.copy_(host, non_blocking=True)
 
     def field(self, name: str, bucket: int) -> torch.Tensor:
         return self.device[self.FIELDS.index(name), :bucket]
