@@ -5,19 +5,12 @@
 
 #include <cstdint>
 
+#include "mini_paged_attn/hash_mix.h"
+
 namespace mini_paged_attn {
 
 // The parent hash of a sequence's first block.
 constexpr uint64_t kRootBlockHash = 0;
-
-// splitmix64's finaliser: a bijection that spreads every input bit.
-inline uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 inline uint64_t hash_block(uint64_t parent_hash, const int64_t* token_ids, int64_t n) {
   uint64_t h = mix64(parent_hash + 0x9e3779b97f4a7c15ULL);

@@ -7,22 +7,9 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define MPA_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define MPA_HOST_DEVICE inline
-#endif
+#include "mini_paged_attn/hash_mix.h"
 
 namespace mini_paged_attn {
-
-// SplitMix64's finaliser: every input bit reaches every output bit.
-MPA_HOST_DEVICE uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 // The key of one row's draw: its seed and the position being sampled.
 MPA_HOST_DEVICE uint64_t noise_key(int64_t seed, int64_t position) {
@@ -30,16 +17,7 @@ MPA_HOST_DEVICE uint64_t noise_key(int64_t seed, int64_t position) {
                                                    0x9E3779B97F4A7C15ull));
 }
 
-// A 32-bit finaliser (two multiply-xorshift rounds, "lowbias32"): cheap in
-// the per-token loop, where 64-bit multiplies would cost several instructions.
-MPA_HOST_DEVICE uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  return x ^ (x >> 16);
-}
-
+// The fast approximate log on a GPU: noise needs no last-bit accuracy.
 MPA_HOST_DEVICE float fast_log(float x) {
 #ifdef __CUDA_ARCH__
   return __logf(x);
