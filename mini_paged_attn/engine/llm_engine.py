@@ -9,6 +9,7 @@ import torch
 
 from ..model.llama import LlamaForCausalLM
 from ..sampling_params import SamplingParams
+from .host_to_device import to_device
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .overlap import OverlappedDecoder
@@ -149,7 +150,7 @@ class LLMEngine:
         if not targets:
             return []
         if rows != list(range(len(due))):
-            logits = logits[torch.tensor(rows, device=logits.device)]
+            logits = logits[to_device(rows, torch.int64, logits.device)]
         tokens, logprobs = self.sampler(
             logits, [s.request.sampling_params for s in targets], [s.seed for s in targets],
             [s.num_tokens for s in targets])

@@ -130,7 +130,7 @@ class Scheduler:
             budget = self._take(scheduled, seq, num_new, budget)
             i += 1
 
-        seats = self._seats_in_use()
+        seats = self._seats_in_use() if self.waiting else 0
         while self.waiting and budget > 0 and not preempted:
             seq = self.waiting[0]
             # A request already admitted holds this sequence's seat.
