@@ -301,8 +301,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     }
     shapes = cuda_shapes(args.quick) if device == "cuda" else cpu_shapes(args.quick)
     results = run(device, args.quick, shapes)
+    if device == "cpu":
+        # The read ceiling in the same run: x.sum() over 256 MB (far beyond the caches).
+        x = torch.randn(64 * 2**20)
+        meta["read_gbps"] = x.numel() * 4 / time_us(x.sum, device, args.quick) / 1e3
     print(f"# {meta['date']}  {meta['device_name']}  torch {meta['torch']}  {meta['timing']}"
           + (f"  {meta['threads']} threads" if device == "cpu" else ""))
+    if device == "cpu":
+        print(f"# read ceiling, x.sum() over 256 MB: {meta['read_gbps']:.1f} GB/s")
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:

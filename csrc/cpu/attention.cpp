@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <vector>
@@ -28,6 +29,7 @@ struct PartitionTask {
   float* sum;                  // [num_heads], running sum of exp(score - max)
   float* scores;               // [num_heads, block_size] scratch
   const void** rows;           // [block_size] scratch
+  char* v_scratch;             // [num_kv_heads, block_size, head_size] of the cache dtype
   const int32_t* block_table;  // [max_blocks_per_seq]
   const void* k;               // key_cache data
   const void* v;               // value_cache data
@@ -56,17 +58,11 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
     const T* vb = vc + block * t.v_block_stride;
     auto krow = [&](int64_t i, int64_t h) { return kb + i * t.k_token_stride + h * t.k_head_stride; };
 
-    // Scores, token-major so K is read sequentially. Meanwhile the block's V
-    // rows and the next block's K rows are prefetched: per-head rows are
-    // strided, so the hardware prefetcher alone leaves memory latency exposed.
-    const T* next_kb = b * B + B < t.end_token ? kc + t.block_table[b + 1] * t.k_block_stride
-                                               : nullptr;
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t h = 0; h < KVH; ++h) {
-        prefetch(vb + i * t.v_token_stride + h * t.v_head_stride, D * sizeof(T));
-        if (next_kb) prefetch(next_kb + i * t.k_token_stride + h * t.k_head_stride, D * sizeof(T));
-      }
-      if (G < 4) continue;  // small groups batch four tokens per head instead, below
+    // Scores, token-major so K is read sequentially (the hardware prefetcher
+    // streams it; software prefetches of whole blocks measured slower: they
+    // stall on the few L1 miss buffers). Small groups batch four tokens per
+    // head instead, below.
+    for (int64_t i = 0; G >= 4 && i < n; ++i) {
       for (int64_t h = 0; h < KVH; ++h) {
         const T* k = krow(i, h);
         const float* qh = t.q + h * G * D;
@@ -96,6 +92,14 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
       }
     }
 
+    // V rows, copied token-major (one sequential read of the block, which the
+    // hardware prefetcher streams) into a head-major scratch that the weighted
+    // sums below then read from the cache.
+    T* vs = reinterpret_cast<T*>(t.v_scratch);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t h = 0; h < KVH; ++h)
+        std::memcpy(vs + (h * B + i) * D, vb + i * t.v_token_stride + h * t.v_head_stride,
+                    D * sizeof(T));
     for (int64_t h = 0; h < KVH; ++h) {
       float* p = t.scores + h * G * B;  // p[g * B + i]
       // Online softmax: rescale what was accumulated under the old maximum.
@@ -112,7 +116,7 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
         exp_shifted(ph, block_max, ph, n);
         t.sum[head] += sum(ph, n);
       }
-      for (int64_t i = 0; i < n; ++i) rows[i] = vb + i * t.v_token_stride + h * t.v_head_stride;
+      for (int64_t i = 0; i < n; ++i) rows[i] = vs + (h * B + i) * D;
       weighted_rows_sum(rows, p, B, G, n, t.acc + h * G * D, D);
     }
   }
@@ -179,6 +183,7 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
   at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(H * d.block_size);
     std::vector<const void*> rows(d.block_size);
+    std::vector<char> v_scratch(d.num_kv_heads * d.block_size * D * value_cache.element_size());
     int64_t s = std::upper_bound(first_task.begin(), first_task.end(), begin) -
                 first_task.begin() - 1;
     for (int64_t task = begin; task < end; ++task) {
@@ -190,6 +195,7 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
       t.sum = sum.data() + task * H;
       t.scores = scores.data();
       t.rows = rows.data();
+      t.v_scratch = v_scratch.data();
       t.block_table = tables + s * block_tables.stride(0);
       t.k = key_cache.data_ptr();
       t.v = value_cache.data_ptr();

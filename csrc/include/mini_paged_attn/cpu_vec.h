@@ -187,12 +187,6 @@ MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t 
   }
 }
 
-// Asks for [p, p + bytes) ahead of use, one cache line at a time.
-MPA_INLINE void prefetch(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off);
-}
-
 MPA_INLINE float sum(const float* x, int64_t n) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
