@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "mini_paged_attn/checks.h"
+#include "mini_paged_attn/cpu_isa.h"
 
 namespace mini_paged_attn {
 void bind_block_manager(pybind11::module_& m);
@@ -29,6 +30,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("query_start_loc"), py::arg("context_lens"), py::arg("num_tokens"));
   m.def("check_slot_mapping", &mini_paged_attn::check_slot_mapping, py::arg("op"),
         py::arg("slot_mapping"), py::arg("num_slots"));
+  // Which instruction-set variant the CPU kernels run (cpu_isa.h).
+  namespace cpu = mini_paged_attn::cpu;
+  m.def("cpu_isa", [] { return cpu::cpu_isa_name(cpu::active_cpu_isa()); });
+  m.def("set_cpu_isa", &cpu::set_cpu_isa, py::arg("isa"));
+  m.def("supported_cpu_isas", &cpu::supported_cpu_isas);
   m.def("check_block_mapping", &mini_paged_attn::check_block_mapping, py::arg("op"),
         py::arg("block_mapping"), py::arg("num_blocks"));
 }

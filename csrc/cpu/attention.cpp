@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mini_paged_attn/checks.h"
+#include "mini_paged_attn/cpu_isa.h"
 #include "mini_paged_attn/cpu_vec.h"
 
 namespace mini_paged_attn::cpu {
@@ -39,7 +40,7 @@ struct PartitionTask {
   int64_t first_token, end_token;  // first_token is a multiple of block_size
 };
 
-template <typename T>
+template <typename T, int W>
 MPA_INLINE void attend_impl(const PartitionTask& t) {
   const int64_t H = t.num_heads, KVH = t.num_kv_heads, G = H / KVH;
   const int64_t D = t.head_size, B = t.block_size;
@@ -69,10 +70,10 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
         for (int64_t g = 0; g + 4 <= G; g += 4) {
           const float* q = qh + g * D;
           float s[4];
-          dot4(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
+          dot4<W>(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
           for (int64_t j = 0; j < 4; ++j) t.scores[(h * G + g + j) * B + i] = s[j];
         }
-        for (int64_t g = G / 4 * 4; g < G; ++g) t.scores[(h * G + g) * B + i] = dot(qh + g * D, k, D);
+        for (int64_t g = G / 4 * 4; g < G; ++g) t.scores[(h * G + g) * B + i] = dot<W>(qh + g * D, k, D);
       }
     }
     if (G < 4) {
@@ -82,10 +83,10 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
             const float* q = t.q + (h * G + g) * D;
             float* p = t.scores + (h * G + g) * B;
             if (i + 4 <= n) {
-              dot4(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D,
+              dot4<W>(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D,
                    p + i);
             } else {
-              for (int64_t j = i; j < n; ++j) p[j] = dot(q, krow(j, h), D);
+              for (int64_t j = i; j < n; ++j) p[j] = dot<W>(q, krow(j, h), D);
             }
           }
         }
@@ -117,31 +118,45 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
         t.sum[head] += sum(ph, n);
       }
       for (int64_t i = 0; i < n; ++i) rows[i] = vs + (h * B + i) * D;
-      weighted_rows_sum(rows, p, B, G, n, t.acc + h * G * D, D);
+      weighted_rows_sum<W>(rows, p, B, G, n, t.acc + h * G * D, D);
     }
   }
 }
 
-// Each is compiled for several instruction sets; the loader picks one.
-MINI_PAGED_ATTN_CPU_TARGETS void attend_float(const PartitionTask& t) { attend_impl<float>(t); }
-MINI_PAGED_ATTN_CPU_TARGETS void attend_half(const PartitionTask& t) {
-  attend_impl<c10::Half>(t);
+// W: floats per vector register of the variant.
+template <int W>
+MPA_INLINE void attend_any(const PartitionTask& t, at::ScalarType cache_dtype) {
+  switch (cache_dtype) {
+    case at::kFloat: attend_impl<float, W>(t); break;
+    case at::kHalf: attend_impl<c10::Half, W>(t); break;
+    case at::kBFloat16: attend_impl<c10::BFloat16, W>(t); break;
+    default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
+  }
 }
-MINI_PAGED_ATTN_CPU_TARGETS void attend_bfloat16(const PartitionTask& t) {
-  attend_impl<c10::BFloat16>(t);
+
+// One variant per instruction-set level (cpu_isa.h).
+#if MPA_CPU_VARIANTS
+MPA_TARGET_V4 void attend_v4(const PartitionTask& t, at::ScalarType dt) {
+  attend_any<16>(t, dt);
+}
+MPA_TARGET_V3 void attend_v3(const PartitionTask& t, at::ScalarType dt) {
+  attend_any<8>(t, dt);
+}
+#endif
+void attend_baseline(const PartitionTask& t, at::ScalarType dt) {
+  attend_any<4>(t, dt);
 }
 
 namespace {
 
-using AttendFn = void (*)(const PartitionTask&);
+using AttendFn = void (*)(const PartitionTask&, at::ScalarType);
 
-AttendFn select_attend(at::ScalarType cache_dtype) {
-  switch (cache_dtype) {
-    case at::kFloat: return attend_float;
-    case at::kHalf: return attend_half;
-    case at::kBFloat16: return attend_bfloat16;
-    default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
-  }
+AttendFn select_attend() {
+#if MPA_CPU_VARIANTS
+  return pick_variant<AttendFn>(attend_v4, attend_v3, attend_baseline);
+#else
+  return attend_baseline;
+#endif
 }
 
 // Sequences are cut into partitions of whole blocks so that even one long
@@ -160,7 +175,8 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
                    const at::Tensor& key_cache, const at::Tensor& value_cache,
                    const at::Tensor& block_tables, const at::Tensor& context_lens,
                    float scale) {
-  const AttendFn attend = select_attend(key_cache.scalar_type());
+  const AttendFn attend = select_attend();
+  const at::ScalarType cache_dtype = key_cache.scalar_type();
   const int64_t H = d.num_heads, D = d.head_size;
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   const int64_t part_len = partition_tokens(lens, d.num_seqs, d.block_size);
@@ -211,7 +227,7 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
       t.block_size = d.block_size;
       t.first_token = (task - first_task[s]) * part_len;
       t.end_token = std::min<int64_t>(lens[s], t.first_token + part_len);
-      attend(t);
+      attend(t, cache_dtype);
     }
   });
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mini_paged_attn/checks.h"
+#include "mini_paged_attn/cpu_isa.h"
 #include "mini_paged_attn/cpu_vec.h"
 
 namespace mini_paged_attn::cpu {
@@ -43,7 +44,7 @@ struct PrefillTask {
   int64_t first_pos;   // position of the tile's first token in its sequence
 };
 
-template <typename T>
+template <typename T, int W>
 MPA_INLINE void prefill_impl(const PrefillTask& t) {
   const int64_t G = t.group, D = t.head_size, B = t.block_size;
   const int64_t R = t.num_tokens * G;
@@ -67,10 +68,10 @@ MPA_INLINE void prefill_impl(const PrefillTask& t) {
       for (; r + 4 <= R; r += 4) {
         const float* q = t.q + r * D;
         float s[4];
-        dot4(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
+        dot4<W>(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
         for (int64_t j = 0; j < 4; ++j) t.scores[(r + j) * B + i] = s[j];
       }
-      for (; r < R; ++r) t.scores[r * B + i] = dot(t.q + r * D, k, D);
+      for (; r < R; ++r) t.scores[r * B + i] = dot<W>(t.q + r * D, k, D);
     }
 
     for (int64_t r = 0; r < R; ++r) {
@@ -91,30 +92,44 @@ MPA_INLINE void prefill_impl(const PrefillTask& t) {
       std::fill(p + visible, p + n, 0.f);
     }
     for (int64_t i = 0; i < n; ++i) v_rows[i] = vb + i * t.v_token_stride;
-    weighted_rows_sum(v_rows, t.scores, B, R, n, t.acc, D);
+    weighted_rows_sum<W>(v_rows, t.scores, B, R, n, t.acc, D);
   }
 }
 
-// Each is compiled for several instruction sets; the loader picks one.
-MINI_PAGED_ATTN_CPU_TARGETS void prefill_float(const PrefillTask& t) { prefill_impl<float>(t); }
-MINI_PAGED_ATTN_CPU_TARGETS void prefill_half(const PrefillTask& t) {
-  prefill_impl<c10::Half>(t);
+// W: floats per vector register of the variant.
+template <int W>
+MPA_INLINE void prefill_any(const PrefillTask& t, at::ScalarType cache_dtype) {
+  switch (cache_dtype) {
+    case at::kFloat: prefill_impl<float, W>(t); break;
+    case at::kHalf: prefill_impl<c10::Half, W>(t); break;
+    case at::kBFloat16: prefill_impl<c10::BFloat16, W>(t); break;
+    default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
+  }
 }
-MINI_PAGED_ATTN_CPU_TARGETS void prefill_bfloat16(const PrefillTask& t) {
-  prefill_impl<c10::BFloat16>(t);
+
+// One variant per instruction-set level (cpu_isa.h).
+#if MPA_CPU_VARIANTS
+MPA_TARGET_V4 void prefill_v4(const PrefillTask& t, at::ScalarType dt) {
+  prefill_any<16>(t, dt);
+}
+MPA_TARGET_V3 void prefill_v3(const PrefillTask& t, at::ScalarType dt) {
+  prefill_any<8>(t, dt);
+}
+#endif
+void prefill_baseline(const PrefillTask& t, at::ScalarType dt) {
+  prefill_any<4>(t, dt);
 }
 
 namespace {
 
-using PrefillFn = void (*)(const PrefillTask&);
+using PrefillFn = void (*)(const PrefillTask&, at::ScalarType);
 
-PrefillFn select_prefill(at::ScalarType cache_dtype) {
-  switch (cache_dtype) {
-    case at::kFloat: return prefill_float;
-    case at::kHalf: return prefill_half;
-    case at::kBFloat16: return prefill_bfloat16;
-    default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
-  }
+PrefillFn select_prefill() {
+#if MPA_CPU_VARIANTS
+  return pick_variant<PrefillFn>(prefill_v4, prefill_v3, prefill_baseline);
+#else
+  return prefill_baseline;
+#endif
 }
 
 struct Item {
@@ -126,7 +141,8 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
                  const at::Tensor& key_cache, const at::Tensor& value_cache,
                  const at::Tensor& block_tables, const at::Tensor& context_lens,
                  const at::Tensor& query_start_loc, float scale) {
-  const PrefillFn prefill = select_prefill(key_cache.scalar_type());
+  const PrefillFn prefill = select_prefill();
+  const at::ScalarType cache_dtype = key_cache.scalar_type();
   const int64_t KVH = d.num_kv_heads, G = d.num_heads / KVH, D = d.head_size;
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   const int32_t* loc = query_start_loc.data_ptr<int32_t>();
@@ -175,7 +191,7 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
       t.num_tokens = it.num_tokens;
       // The new tokens are the last q_len of the sequence's context_len.
       t.first_pos = lens[it.seq] - (loc[it.seq + 1] - loc[it.seq]) + (it.first_token - loc[it.seq]);
-      prefill(t);
+      prefill(t, cache_dtype);
       for (int64_t r = 0; r < rows; ++r) {
         // Every row sees at least key 0, so sum > 0.
         const float inv = 1.f / sum[r];

@@ -1,8 +1,9 @@
-// Small building blocks for the CPU kernels. They use GCC vector extensions
-// (16 floats), which lower to AVX-512, AVX2 or SSE depending on the target:
-// the calling kernels are compiled for several instruction sets
-// (MINI_PAGED_ATTN_CPU_TARGETS) and pick the best at load time, so these
-// helpers are force-inlined into each clone.
+// Small building blocks for the CPU kernels, on GCC vector extensions of W
+// floats. Each instruction-set variant of a kernel (cpu_isa.h) uses the width
+// of one register: 16 (AVX-512), 8 (AVX2) or 4 (SSE). A wider generic vector
+// than the registers hold is split by the compiler, and GCC then keeps much of
+// it on the stack (measured: the AVX2 variant with 16-float vectors spilled
+// 2,419 times in the decode kernel and ran slower than the SSE one).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,81 +13,79 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MINI_PAGED_ATTN_CPU_TARGETS \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MINI_PAGED_ATTN_CPU_TARGETS
-#endif
 #define MPA_INLINE inline __attribute__((always_inline))
 
 namespace mini_paged_attn::cpu {
 
-constexpr int64_t kWidth = 16;
-typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
+template <int W>
+struct Vec {
+  typedef float f32 __attribute__((vector_size(W * sizeof(float))));
+  typedef uint16_t u16 __attribute__((vector_size(W * sizeof(uint16_t))));
+  typedef uint32_t u32 __attribute__((vector_size(W * sizeof(uint32_t))));
+  typedef _Float16 f16 __attribute__((vector_size(W * sizeof(_Float16))));
+};
 
-typedef uint16_t vhalf_bits __attribute__((vector_size(kWidth * sizeof(uint16_t))));
-typedef uint32_t vfloat_bits __attribute__((vector_size(kWidth * sizeof(uint32_t))));
-typedef _Float16 vhalf __attribute__((vector_size(kWidth * sizeof(_Float16))));
-
-// Loads kWidth values as floats; half types are widened in registers, so the
+// Loads W values as floats; half types are widened in registers, so the
 // kernels read the cache directly with no conversion pass.
-MPA_INLINE vfloat vload(const float* p) {
-  vfloat v;
+template <int W>
+MPA_INLINE typename Vec<W>::f32 vload(const float* p) {
+  typename Vec<W>::f32 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-MPA_INLINE vfloat vload(const c10::BFloat16* p) {
+template <int W>
+MPA_INLINE typename Vec<W>::f32 vload(const c10::BFloat16* p) {
   // bfloat16 is the upper half of a float32.
-  vhalf_bits h;
+  typename Vec<W>::u16 h;
   std::memcpy(&h, p, sizeof(h));
-  const vfloat_bits w = __builtin_convertvector(h, vfloat_bits) << 16;
-  vfloat v;
+  const typename Vec<W>::u32 w = __builtin_convertvector(h, typename Vec<W>::u32) << 16;
+  typename Vec<W>::f32 v;
   std::memcpy(&v, &w, sizeof(v));
   return v;
 }
 
-MPA_INLINE vfloat vload(const c10::Half* p) {
-  vhalf h;
+template <int W>
+MPA_INLINE typename Vec<W>::f32 vload(const c10::Half* p) {
+  typename Vec<W>::f16 h;
   std::memcpy(&h, p, sizeof(h));
-  return __builtin_convertvector(h, vfloat);
+  return __builtin_convertvector(h, typename Vec<W>::f32);
 }
 
-MPA_INLINE void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+template <int W>
+MPA_INLINE void vstore(float* p, typename Vec<W>::f32 v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
-typedef float vfloat8 __attribute__((vector_size(8 * sizeof(float))));
-typedef float vfloat4 __attribute__((vector_size(4 * sizeof(float))));
-
-// A tree of halves: a plain loop would be 16 dependent scalar adds, since
+// A tree of halves: a plain loop would be W dependent scalar adds, since
 // without -ffast-math the compiler may not reorder them.
-MPA_INLINE float hsum(vfloat v) {
-  vfloat8 lo, hi;
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-  const vfloat8 a = lo + hi;
-  vfloat4 a_lo, a_hi;
-  std::memcpy(&a_lo, &a, sizeof(a_lo));
-  std::memcpy(&a_hi, reinterpret_cast<const char*>(&a) + sizeof(a_lo), sizeof(a_hi));
-  const vfloat4 b = a_lo + a_hi;
-  return (b[0] + b[2]) + (b[1] + b[3]);
+template <int W>
+MPA_INLINE float hsum(typename Vec<W>::f32 v) {
+  if constexpr (W == 4) {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  } else {
+    typename Vec<W / 2>::f32 lo, hi;
+    std::memcpy(&lo, &v, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+    return hsum<W / 2>(lo + hi);
+  }
 }
 
 // out[j] = dot(q[j], k[j]) for four pairs: four independent accumulators hide
 // the FMA latency, and the horizontal sums happen once per pair.
-template <typename T>
+template <int W, typename T>
 MPA_INLINE void dot4(const float* q0, const float* q1, const float* q2, const float* q3,
                      const T* k0, const T* k1, const T* k2, const T* k3, int64_t n,
                      float* out) {
-  vfloat s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  typename Vec<W>::f32 s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) {
-    s0 += vload(q0 + i) * vload(k0 + i);
-    s1 += vload(q1 + i) * vload(k1 + i);
-    s2 += vload(q2 + i) * vload(k2 + i);
-    s3 += vload(q3 + i) * vload(k3 + i);
+  for (; i + W <= n; i += W) {
+    s0 += vload<W>(q0 + i) * vload<W>(k0 + i);
+    s1 += vload<W>(q1 + i) * vload<W>(k1 + i);
+    s2 += vload<W>(q2 + i) * vload<W>(k2 + i);
+    s3 += vload<W>(q3 + i) * vload<W>(k3 + i);
   }
-  float t0 = hsum(s0), t1 = hsum(s1), t2 = hsum(s2), t3 = hsum(s3);
+  float t0 = hsum<W>(s0), t1 = hsum<W>(s1), t2 = hsum<W>(s2), t3 = hsum<W>(s3);
   for (; i < n; ++i) {
     t0 += q0[i] * static_cast<float>(k0[i]);
     t1 += q1[i] * static_cast<float>(k1[i]);
@@ -99,12 +98,12 @@ MPA_INLINE void dot4(const float* q0, const float* q1, const float* q2, const fl
   out[3] = t3;
 }
 
-template <typename T>
+template <int W, typename T>
 MPA_INLINE float dot(const float* q, const T* k, int64_t n) {
-  vfloat s = {};
+  typename Vec<W>::f32 s = {};
   int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) s += vload(q + i) * vload(k + i);
-  float t = hsum(s);
+  for (; i + W <= n; i += W) s += vload<W>(q + i) * vload<W>(k + i);
+  float t = hsum<W>(s);
   for (; i < n; ++i) t += q[i] * static_cast<float>(k[i]);
   return t;
 }
@@ -133,7 +132,7 @@ MPA_INLINE void exp_shifted(const float* x, float shift, float* y, int64_t n) {
 // (p[g] = p + g * p_stride, acc[g] = acc + g * n). Four heads share each
 // loaded row; sums stay in registers for a whole block, which avoids a
 // read-modify-write of acc per row (a store-to-load forwarding chain).
-template <typename T>
+template <int W, typename T>
 MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t p_stride,
                                   int64_t num_heads, int64_t num_rows, float* acc, int64_t n) {
   int64_t g = 0;
@@ -142,19 +141,20 @@ MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t 
                 *p3 = p2 + p_stride;
     float *a0 = acc + g * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
     int64_t d = 0;
-    for (; d + kWidth <= n; d += kWidth) {
-      vfloat s0 = vload(a0 + d), s1 = vload(a1 + d), s2 = vload(a2 + d), s3 = vload(a3 + d);
+    for (; d + W <= n; d += W) {
+      typename Vec<W>::f32 s0 = vload<W>(a0 + d), s1 = vload<W>(a1 + d), s2 = vload<W>(a2 + d),
+                          s3 = vload<W>(a3 + d);
       for (int64_t i = 0; i < num_rows; ++i) {
-        const vfloat v = vload(rows[i] + d);
+        const typename Vec<W>::f32 v = vload<W>(rows[i] + d);
         s0 += p0[i] * v;
         s1 += p1[i] * v;
         s2 += p2[i] * v;
         s3 += p3[i] * v;
       }
-      vstore(a0 + d, s0);
-      vstore(a1 + d, s1);
-      vstore(a2 + d, s2);
-      vstore(a3 + d, s3);
+      vstore<W>(a0 + d, s0);
+      vstore<W>(a1 + d, s1);
+      vstore<W>(a2 + d, s2);
+      vstore<W>(a3 + d, s3);
     }
     for (; d < n; ++d) {
       for (int64_t i = 0; i < num_rows; ++i) {
@@ -170,14 +170,14 @@ MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t 
     const float* pg = p + g * p_stride;
     float* ag = acc + g * n;
     int64_t d = 0;
-    for (; d + 2 * kWidth <= n; d += 2 * kWidth) {
-      vfloat s0 = vload(ag + d), s1 = vload(ag + d + kWidth);
+    for (; d + 2 * W <= n; d += 2 * W) {
+      typename Vec<W>::f32 s0 = vload<W>(ag + d), s1 = vload<W>(ag + d + W);
       for (int64_t i = 0; i < num_rows; ++i) {
-        s0 += pg[i] * vload(rows[i] + d);
-        s1 += pg[i] * vload(rows[i] + d + kWidth);
+        s0 += pg[i] * vload<W>(rows[i] + d);
+        s1 += pg[i] * vload<W>(rows[i] + d + W);
       }
-      vstore(ag + d, s0);
-      vstore(ag + d + kWidth, s1);
+      vstore<W>(ag + d, s0);
+      vstore<W>(ag + d + W, s1);
     }
     for (; d < n; ++d) {
       float s = ag[d];
