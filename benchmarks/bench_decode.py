@@ -270,6 +270,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--plot-from", help="read results from this JSON instead of running")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for every implementation (default: torch's default)")
+    parser.add_argument("--cpu-isa", default=None,
+                        help="instruction-set variant of the CPU kernels: baseline, x86-64-v3 or "
+                        "x86-64-v4 (default: the best this CPU runs)")
     parser.add_argument("--profile", action="store_true",
                         help="CUDA: also print the device time of each kernel of paged_attention "
                              "and SDPA, after the same L2 flush")
@@ -286,6 +289,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from mini_paged_attn import _C
+
+    if args.cpu_isa:
+        _C.set_cpu_isa(args.cpu_isa)
     device = args.device
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -296,6 +303,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
+        "cpu_isa": _C.cpu_isa(),
         "timing": ("triton.testing.do_bench median, L2 flushed before each call"
                    if device == "cuda" else "torch.utils.benchmark blocked_autorange median"),
     }
@@ -306,7 +314,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         x = torch.randn(64 * 2**20)
         meta["read_gbps"] = x.numel() * 4 / time_us(x.sum, device, args.quick) / 1e3
     print(f"# {meta['date']}  {meta['device_name']}  torch {meta['torch']}  {meta['timing']}"
-          + (f"  {meta['threads']} threads" if device == "cpu" else ""))
+          + (f"  {meta['threads']} threads, {meta['cpu_isa']} kernels" if device == "cpu"
+             else ""))
     if device == "cpu":
         print(f"# read ceiling, x.sum() over 256 MB: {meta['read_gbps']:.1f} GB/s")
     print_table(results)

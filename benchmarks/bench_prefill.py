@@ -22,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_decode import time_us  # noqa: E402
 
-from mini_paged_attn import ops  # noqa: E402
+from mini_paged_attn import _C, ops  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -113,15 +113,20 @@ def main(argv=None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"],
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu-isa", default=None,
+                   help="CPU kernel variant: baseline, x86-64-v3 or x86-64-v4 (default: the best)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_isa:
+        _C.set_cpu_isa(args.cpu_isa)
     rows = [run_shape(shape, args.device) for shape in shapes_for(args.device)]
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         platform.processor() or platform.machine()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# {date}  {device}  torch {torch.__version__}  {torch.get_num_threads()} threads")
+    print(f"# {date}  {device}  torch {torch.__version__}  {torch.get_num_threads()} threads, "
+          f"{_C.cpu_isa()} CPU kernels")
     print(f"{'shape':<44}{'paged us':>11}{'sdpa us':>11}{'paged TFLOP/s':>15}"
           f"{'sdpa TFLOP/s':>14}{'vs sdpa':>9}")
     for r in rows:
@@ -130,6 +135,7 @@ def main(argv=None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": date, "device": device, "command": " ".join(sys.argv),
+                       "cpu_isa": _C.cpu_isa(),
                        "results": rows}, f, indent=1)
 
 
