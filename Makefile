@@ -18,6 +18,8 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	# Optional: lets scripts/check_cuda_compile.sh read the kernels' SASS.
 	$(PY) -m pip install -q nvidia-cuda-nvdisasm || echo "nvdisasm not installed: no SASS check"
+	# Optional: zig's clang, for scripts/check_aarch64_compile.sh.
+	$(PY) -m pip install -q ziglang || echo "ziglang not installed: no aarch64 compile check"
 	touch $@
 
 # --no-build-isolation builds against the torch above instead of downloading one.
@@ -29,6 +31,7 @@ build: $(VENV)/.built
 
 test: build
 	bash scripts/check_cuda_compile.sh
+	bash scripts/check_aarch64_compile.sh
 	$(PY) -m pytest tests
 
 demo: build
