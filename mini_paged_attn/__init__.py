@@ -1,4 +1,6 @@
 """mini_paged_attn: a small, fast PagedAttention library for PyTorch."""
+from importlib.metadata import PackageNotFoundError, version
+
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C
@@ -14,6 +16,11 @@ from .ops import (copy_blocks, paged_attention, paged_attention_v1, paged_prefil
 from .outputs import CompletionOutput, RequestOutput
 from .sampling_params import SamplingParams
 from .static_cache import StaticKVCache
+
+try:
+    __version__ = version("mini_paged_attn")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "AttentionMetadata",

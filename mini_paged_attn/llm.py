@@ -1,6 +1,7 @@
 """LLM: the offline-inference entry point, ``LLM(...).generate(prompts, params)``."""
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -38,6 +39,11 @@ class LLM:
             prefilled in chunks.
         max_model_len: longest prompt + output (the model's context by default).
         seed: seed of random weights and of unseeded sampling.
+
+    ``generate`` and ``beam_search`` are serialised by a lock (a second thread
+    waits for the first) and are exception-safe: if anything raises during a
+    call, ``KeyboardInterrupt`` included, that call's requests are aborted and
+    the engine is idle and usable again.
         enforce_eager: on a GPU, run decode steps eagerly instead of replaying
             CUDA graphs (captured at start-up, one per batch-size bucket).
     """
@@ -80,6 +86,8 @@ class LLM:
             max_num_seqs = min(max_num_seqs, cache_config.max_batch_size())
         self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
                                 min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager)
+        # generate and beam_search hold it: a second thread waits for the first.
+        self._lock = threading.Lock()
 
     def generate(self, prompts: Union[List[int], Sequence[List[int]]],
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
@@ -96,18 +104,21 @@ class LLM:
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} "
                              f"prompts")
-        requests = []
-        try:
-            for p, sp in zip(prompts, sampling_params):
-                requests.append(self.engine.add_request(list(p), sp))
-        except Exception:
-            # All or nothing: a bad prompt leaves no earlier one queued.
-            for request in requests:
-                self.engine.abort(request)
-            raise
-        while self.engine.has_unfinished:
-            self.engine.step()
-        return [r.output() for r in requests]
+        with self._lock:
+            requests = []
+            try:
+                for p, sp in zip(prompts, sampling_params):
+                    requests.append(self.engine.add_request(list(p), sp))
+                while self.engine.has_unfinished:
+                    self.engine.step()
+            except BaseException:
+                # All or nothing: whatever raised (a bad prompt, an error inside
+                # a step, KeyboardInterrupt), this call's requests leave the
+                # engine and free their blocks, and the engine is idle again.
+                for request in requests:
+                    self.engine.abort(request)
+                raise
+            return [r.output() for r in requests]
 
     def beam_search(self, prompt: List[int], beam_width: int, max_tokens: int,
                     length_penalty: float = 1.0, ignore_eos: bool = False) -> RequestOutput:
@@ -116,11 +127,16 @@ class LLM:
         for name, value in (("beam_width", beam_width), ("max_tokens", max_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.engine.has_unfinished:
-            raise RuntimeError("beam_search needs an idle engine")
         stop = frozenset() if ignore_eos else self.engine.eos_token_ids
-        return beam_search(self.engine, list(prompt), beam_width, max_tokens,
-                           float(length_penalty), stop)
+        with self._lock:
+            if self.engine.has_unfinished:
+                raise RuntimeError("beam_search needs an idle engine")
+            try:
+                return beam_search(self.engine, list(prompt), beam_width, max_tokens,
+                                   float(length_penalty), stop)
+            except BaseException:
+                self.engine.abort_all()  # the engine was idle: everything is this call's
+                raise
 
 
 def _kv_bytes(cache_config, dims, max_model_len: int) -> int:

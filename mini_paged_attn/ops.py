@@ -195,7 +195,7 @@ def _sample_tokens_fake(logits, temperatures, min_scaled_logits, seeds, position
 
 @torch.library.register_fake("mini_paged_attn::paged_attention")
 def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_lens, scale):
-    return torch.empty_like(query)
+    return query.new_empty(query.shape)  # contiguous, as the op allocates it
 
 
 @torch.library.register_fake("mini_paged_attn::paged_attention_out")
@@ -207,7 +207,7 @@ def _paged_attention_out_fake(out, query, key_cache, value_cache, block_tables, 
 @torch.library.register_fake("mini_paged_attn::paged_prefill_attention")
 def _paged_prefill_attention_fake(query, key_cache, value_cache, block_tables, context_lens,
                                   query_start_loc, scale):
-    return torch.empty_like(query)
+    return query.new_empty(query.shape)  # contiguous, as the op allocates it
 
 
 @torch.library.register_fake("mini_paged_attn::paged_prefill_attention_out")

@@ -1,8 +1,12 @@
 """SamplingParams: how the tokens of one request are chosen (vLLM's names)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+# Temperatures below this sample greedily.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -10,7 +14,7 @@ class SamplingParams:
     """
     Args:
         n: completions of the prompt; they share its KV blocks (fork).
-        temperature: 0 is greedy; higher flattens the distribution.
+        temperature: 0 (or below 1e-5) is greedy; higher flattens the distribution.
         top_p: keep the smallest set of tokens whose probability adds up to ``top_p``.
         top_k: keep the ``top_k`` most likely tokens (-1 or 0: all).
         max_tokens: tokens to generate at most.
@@ -34,9 +38,12 @@ class SamplingParams:
 
         if not is_int(self.n) or self.n < 1:
             raise ValueError(f"n must be an int >= 1, got {self.n!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got "
+                             f"{self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) \
+                or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not is_int(self.top_k) or self.top_k < -1:
             raise ValueError(f"top_k must be -1 (all), 0 (all) or a positive int, got "
@@ -52,4 +59,5 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # As vLLM: below 1e-5, 1 / temperature overflows the scaled logits.
+        return self.temperature < GREEDY_BELOW

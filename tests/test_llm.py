@@ -228,3 +228,49 @@ def test_bad_arguments(hf):
     with pytest.raises(ValueError, match="beam_width"):
         llm.beam_search([5, 6], 0, 4)
     assert not llm.engine.has_unfinished, "a rejected request stayed queued"
+
+
+# -- exception safety ----------------------------------------------------------------
+
+@pytest.mark.parametrize("exc", [RuntimeError("injected"), KeyboardInterrupt()], ids=repr)
+@pytest.mark.parametrize("phase", ["schedule", "execute", "sample"])
+def test_generate_is_exception_safe(hf, phase, exc):
+    """An exception in any phase of a step aborts the call's requests; the
+    engine is idle and the next generate gives the right tokens."""
+    path, _, prompts, refs = hf
+    llm = LLM(path, PagedKVCacheConfig(256 * BLOCK_BYTES, BLOCK), device="cpu")
+    engine = llm.engine
+    owner = {"schedule": engine.scheduler, "execute": engine.runner, "sample": engine.sampler}[phase]
+    name = {"schedule": "schedule", "execute": "execute", "sample": "launch"}[phase]
+    original, calls = getattr(owner, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise exc
+        return original(*args, **kwargs)
+
+    setattr(owner, name, failing)
+    with pytest.raises(type(exc)):
+        llm.generate(prompts, GREEDY)
+    setattr(owner, name, original)
+    assert not engine.has_unfinished and engine.kv_cache.num_used_blocks == 0
+    assert _tokens(llm.generate(prompts, GREEDY)) == refs
+
+
+def test_generate_from_two_threads(hf):
+    import threading
+
+    path, _, prompts, refs = hf
+    llm = LLM(path, PagedKVCacheConfig(256 * BLOCK_BYTES, BLOCK), device="cpu")
+    results = {}
+
+    def run(i):
+        results[i] = _tokens(llm.generate(prompts, GREEDY))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: refs, 1: refs}

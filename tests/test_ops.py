@@ -213,6 +213,11 @@ def test_copy_blocks_bad_input(device):
 
 def test_opcheck(device):
     q, k, v, tables, ctx = _case(9, device, torch.float32, 8, 2, 64, 16, [20, 9])
+    # A strided query (every other head of a wider tensor): the fake output must
+    # have the real op's (contiguous) strides.
+    wide = torch.randn(q.size(0), 2 * q.size(1), q.size(2), device=device)[:, ::2]
+    torch.library.opcheck(torch.ops.mini_paged_attn.paged_attention,
+                          (wide, k, v, tables, ctx, 0.125))
     torch.library.opcheck(torch.ops.mini_paged_attn.paged_attention,
                           (q, k, v, tables, ctx, 0.125))
     torch.library.opcheck(torch.ops.mini_paged_attn.paged_attention_out,

@@ -107,6 +107,8 @@ def test_temperature_extremes(device):
 
 @pytest.mark.parametrize("kwargs,name", [
     (dict(n=0), "n"), (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"),
+    (dict(temperature=float("nan")), "temperature"), (dict(temperature=float("inf")), "temperature"),
+    (dict(temperature=True), "temperature"), (dict(top_p=float("nan")), "top_p"),
     (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(max_tokens=0), "max_tokens"),
     (dict(stop_token_ids=[-1]), "stop_token_ids"), (dict(seed="x"), "seed"),
 ])
@@ -121,3 +123,11 @@ def test_opcheck(device):
     i64 = torch.arange(4, device=device)
     torch.library.opcheck(torch.ops.mini_paged_attn.sample_tokens,
                           (logits, f32, torch.full((4,), float("-inf"), device=device), i64, i64))
+
+
+def test_tiny_temperatures_are_greedy(device):
+    # 1 / temperature would overflow the scaled logits: greedy instead, as vLLM.
+    params = SamplingParams(temperature=1e-30)
+    assert params.greedy
+    tokens, _ = _draw(params, device, rows=50)
+    assert set(tokens.tolist()) == {0}

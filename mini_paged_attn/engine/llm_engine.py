@@ -91,9 +91,17 @@ class LLMEngine:
         return request
 
     def abort(self, request: Request) -> None:
-        """Stops a request: its sequences leave the queues and free their slots."""
+        """Stops a request: its sequences leave the queues and free their slots
+        (an overlapped step in flight skips them when it is read)."""
         for seq in request.seqs:
             self.scheduler.drop(seq)
+
+    def abort_all(self) -> None:
+        """Stops every request; the engine is then idle."""
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.drop(seq)
+        if self.overlap is not None:
+            self.overlap.inflight = None
 
     @property
     def has_unfinished(self) -> bool:
@@ -143,8 +151,8 @@ class LLMEngine:
                 # The prompt is computed once; the other samples fork from it.
                 for j in range(1, request.num_seqs):
                     child = seq.fork(self.new_seq_id(), j, sample_seed(request.seed, j))
+                    self.scheduler.add_fork(seq, child)  # first: if it raises, no stray child
                     request.seqs.append(child)
-                    self.scheduler.add_fork(seq, child)
                     targets.append(child)
                     rows.append(i)
         if not targets:

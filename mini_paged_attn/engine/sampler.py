@@ -42,7 +42,8 @@ class Sampler:
         without waiting for the GPU."""
         rows, vocab = logits.shape
         device = logits.device
-        temperature = to_device([p.temperature for p in params], torch.float32, device)
+        temperature = to_device([0.0 if p.greedy else p.temperature for p in params],
+                                torch.float32, device)
         min_scaled = torch.full((rows,), float("-inf"), device=device)
         filtered = [i for i, p in enumerate(params)
                     if not p.greedy and (0 < p.top_k < vocab or p.top_p < 1)]

@@ -171,11 +171,14 @@ class Scheduler:
 
     def drop(self, seq: Sequence) -> None:
         """Removes a sequence that will not continue (a pruned beam)."""
-        if seq.status == SequenceStatus.RUNNING:
+        # A step that raised midway may have left the status and the queue
+        # out of step, so each is checked on its own.
+        if seq in self.running:
             self.running.remove(seq)
-            self.kv_cache.free(seq)
-        elif seq.status == SequenceStatus.WAITING:
+        if seq in self.waiting:
             self.waiting.remove(seq)
+        if seq.status == SequenceStatus.RUNNING:
+            self.kv_cache.free(seq)
         seq.status = SequenceStatus.FINISHED
 
     def add_fork(self, parent: Sequence, child: Sequence) -> None:
