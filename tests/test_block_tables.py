@@ -201,3 +201,28 @@ def test_can_allocate():
         t.can_allocate()
     with pytest.raises(KeyError):
         t.can_allocate("z")
+
+
+def test_writing_the_exposed_tensors_changes_nothing():
+    """block_table / context_lens are a mirror: ids a caller writes into them
+    are never used (before, a bad id crashed free_sequence and a valid one
+    freed another sequence's block)."""
+    bm = BlockManager(16)
+    tables = BlockTables(bm, 4, 8, 4)
+    tables.add_sequence("a", 10)
+    tables.add_sequence("b", 6)
+    owned_a, owned_b = tables["a"], tables["b"]
+    tables.block_table[0, :3] = torch.tensor([2**30, -5, owned_b[0]], dtype=torch.int32)
+    tables.context_lens[0] = 10**6
+    tables.free_sequence("a")
+    assert bm.num_free_blocks == 16 - len(owned_b)
+    assert tables["b"] == owned_b and all(bm.get_ref_count(b) == 1 for b in owned_b)
+    # The mirror is rewritten on the next change of the row.
+    tables.add_sequence("c", 5)
+    assert tables.block_table[tables.row_of("c"), :2].tolist() == tables["c"]
+    assert tables.context_lens[tables.row_of("c")] == 5
+
+
+def test_lengths_that_would_wrap_int32_are_refused():
+    with pytest.raises(ValueError, match="max_blocks_per_seq"):
+        BlockTables(BlockManager(4), 1, 2**28, 16)

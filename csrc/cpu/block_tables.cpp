@@ -49,11 +49,18 @@ BlockTables::BlockTables(std::shared_ptr<BlockManager> block_manager, int64_t nu
   if (bm_.num_blocks() > std::numeric_limits<int32_t>::max()) {
     throw std::invalid_argument("block ids must fit the int32 block_table");
   }
+  if (max_blocks_per_seq > std::numeric_limits<int32_t>::max() / block_size) {
+    throw std::invalid_argument(
+        "max_blocks_per_seq * block_size must fit the int32 context_lens, got " +
+        std::to_string(max_blocks_per_seq) + " * " + std::to_string(block_size));
+  }
   rows_.resize(num_rows);
   for (int64_t r = 0; r < num_rows; ++r) free_rows_.insert(free_rows_.end(), r);
   block_table_ = at::zeros({num_rows, max_blocks_per_seq}, at::kInt);
   context_lens_ = at::zeros({num_rows}, at::kInt);
-  table_ = block_table_.data_ptr<int32_t>();
+  own_table_.assign(num_rows * max_blocks_per_seq, 0);
+  table_ = own_table_.data();
+  mirror_ = block_table_.data_ptr<int32_t>();
   lens_ = context_lens_.data_ptr<int32_t>();
   drops_.assign(bm_.num_blocks(), 0);
   seen_.assign(num_rows, -1);
@@ -137,8 +144,14 @@ std::pair<int64_t, int64_t> BlockTables::add(int64_t seq_len, const TokenIds& to
   r.num_hashed = num_cached;
   r.last_hash = num_cached > 0 ? hashes[num_cached - 1] : kRootBlockHash;
   std::copy(blocks.begin(), blocks.end(), table_row(row));
-  lens_[row] = static_cast<int32_t>(seq_len);
+  publish(row, 0, static_cast<int64_t>(blocks.size()));
   return {row, num_cached * block_size_};
+}
+
+void BlockTables::publish(int64_t row, int64_t first, int64_t end) {
+  std::copy(table_row(row) + first, table_row(row) + end,
+            mirror_ + row * max_blocks_per_seq_ + first);
+  lens_[row] = static_cast<int32_t>(rows_[row].len);
 }
 
 int64_t BlockTables::fork(int64_t parent_row) {
@@ -147,7 +160,7 @@ int64_t BlockTables::fork(int64_t parent_row) {
   rows_[child] = rows_[parent_row];
   const int64_t n = num_blocks_for(rows_[child].len);
   std::copy(table_row(parent_row), table_row(parent_row) + n, table_row(child));
-  lens_[child] = lens_[parent_row];
+  publish(child, 0, n);
   std::lock_guard<std::mutex> lock(bm_.mutex_);
   for (int64_t i = 0; i < n; ++i) ++bm_.ref_count_[table_row(child)[i]];
   return child;
@@ -160,8 +173,8 @@ void BlockTables::free(int64_t row) {
     for (int64_t i = n - 1; i >= 0; --i) bm_.release_locked(table_row(row)[i]);
   }
   std::fill(table_row(row), table_row(row) + n, 0);
-  lens_[row] = 0;
   rows_[row] = Row();
+  publish(row, 0, n);
   free_rows_.insert(row);
 }
 
@@ -176,6 +189,7 @@ void BlockTables::copy_on_write_locked(int64_t row, int64_t i, std::vector<int64
   const int64_t src = table_row(row)[i], dst = bm_.take_locked();
   bm_.release_locked(src);
   table_row(row)[i] = static_cast<int32_t>(dst);
+  publish(row, i, i + 1);
   copies.push_back(src);
   copies.push_back(dst);
 }
@@ -189,7 +203,8 @@ bool BlockTables::grow_locked(int64_t row, int64_t n, const int64_t* token_ids,
     copy_on_write_locked(row, r.len / block_size_, copies);
     changed = true;
   }
-  for (int64_t i = num_blocks_for(r.len); i < num_blocks_for(r.len + n); ++i) {
+  const int64_t first_new = num_blocks_for(r.len), end_new = num_blocks_for(r.len + n);
+  for (int64_t i = first_new; i < end_new; ++i) {
     table_row(row)[i] = static_cast<int32_t>(bm_.take_locked());
     changed = true;
   }
@@ -197,7 +212,7 @@ bool BlockTables::grow_locked(int64_t row, int64_t n, const int64_t* token_ids,
     r.token_ids.insert(r.token_ids.end(), token_ids, token_ids + n);
   }
   r.len += n;
-  lens_[row] = static_cast<int32_t>(r.len);
+  publish(row, first_new, end_new);
   return changed;
 }
 

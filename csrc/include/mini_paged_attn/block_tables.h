@@ -93,6 +93,9 @@ class BlockTables {
   // the caller holds the manager's lock.
   void require_blocks_locked(int64_t need, const char* what) const;
   int32_t* table_row(int64_t row) const { return table_ + row * max_blocks_per_seq_; }
+  // Copies entries [first, end) of the row, and its length, to the tensors a
+  // caller sees. Those are a mirror only: writing them changes nothing here.
+  void publish(int64_t row, int64_t first, int64_t end);
   void check_free_row() const;
   int64_t take_free_row();
   // Blocks needed to grow the row by n tokens; caller holds the manager's lock.
@@ -111,8 +114,12 @@ class BlockTables {
   const int64_t max_blocks_per_seq_, block_size_;
   std::vector<Row> rows_;
   std::set<int64_t> free_rows_;  // lowest first
-  at::Tensor block_table_, context_lens_;  // int32 host tensors, rows as above
+  // The truth is own_table_ (table_ points into it) and rows_[].len; the
+  // int32 host tensors block_table_ / context_lens_ mirror them (mirror_, lens_).
+  std::vector<int32_t> own_table_;
+  at::Tensor block_table_, context_lens_;
   int32_t* table_;
+  int32_t* mirror_;
   int32_t* lens_;
   // Scratch of decode_step: copy-on-write references dropped so far per block,
   // and the step in which a row last appeared (to reject repeats).
