@@ -226,3 +226,14 @@ def test_writing_the_exposed_tensors_changes_nothing():
 def test_lengths_that_would_wrap_int32_are_refused():
     with pytest.raises(ValueError, match="max_blocks_per_seq"):
         BlockTables(BlockManager(4), 1, 2**28, 16)
+
+
+def test_a_huge_append_is_refused_before_anything_changes():
+    bm = BlockManager(16)
+    tables = BlockTables(bm, 2, 8, 4)
+    tables.add_sequence("a", 5)
+    before = (tables.seq_len("a"), tables["a"], bm.num_free_blocks)
+    for n in (2**63 - 3, 2**62, 28):
+        with pytest.raises(ValueError, match="max_blocks_per_seq"):
+            tables.append_slots("a", n)
+        assert (tables.seq_len("a"), tables["a"], bm.num_free_blocks) == before

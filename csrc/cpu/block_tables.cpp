@@ -73,10 +73,12 @@ const BlockTables::Row& BlockTables::live_row(int64_t row) const {
   return rows_[row];
 }
 
-void BlockTables::check_capacity(const char* name, int64_t num_tokens) const {
-  if (num_blocks_for(num_tokens) > max_blocks_per_seq_) {
-    throw std::invalid_argument(std::string(name) + ": a sequence of " +
-                                std::to_string(num_tokens) + " tokens needs more than " +
+void BlockTables::check_capacity(const char* name, int64_t len, int64_t n) const {
+  // Compared as n > capacity - len: len + n itself could overflow int64.
+  const int64_t capacity = max_blocks_per_seq_ * block_size_;  // fits int32 (constructor)
+  if (n > capacity - len) {
+    throw std::invalid_argument(std::string(name) + ": a sequence of " + std::to_string(len) +
+                                " + " + std::to_string(n) + " tokens needs more than " +
                                 "max_blocks_per_seq=" + std::to_string(max_blocks_per_seq_) +
                                 " blocks of " + std::to_string(block_size_));
   }
@@ -123,7 +125,7 @@ int64_t BlockTables::take_free_row() {
 
 std::pair<int64_t, int64_t> BlockTables::add(int64_t seq_len, const TokenIds& token_ids) {
   check_non_negative("seq_len", seq_len);
-  check_capacity("seq_len", seq_len);
+  check_capacity("seq_len", 0, seq_len);
   check_token_ids(token_ids, seq_len);
   check_free_row();
   // Only full blocks before the last token can be reused.
@@ -220,7 +222,7 @@ std::pair<at::Tensor, at::Tensor> BlockTables::append(int64_t row, int64_t n,
                                                       const TokenIds& token_ids) {
   const int64_t start = live_row(row).len;
   check_non_negative("num_tokens", n);
-  check_capacity("num_tokens", start + n);
+  check_capacity("num_tokens", start, n);
   check_token_ids(token_ids, n);
   std::vector<int64_t> copies;
   {
@@ -253,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> BlockTables::decode_step(
   }
   const int64_t out_size = rows ? static_cast<int64_t>(batch.size()) : num_rows;
   check_token_ids(token_ids, out_size);
-  for (int64_t row : batch) check_capacity("decode_step", rows_[row].len + 1);
+  for (int64_t row : batch) check_capacity("decode_step", rows_[row].len, 1);
 
   at::Tensor slots = at::full({out_size}, -1, at::kLong);
   int64_t* slot = slots.data_ptr<int64_t>();

@@ -86,7 +86,8 @@ class BlockTables {
   int64_t num_blocks_for(int64_t num_tokens) const {
     return (num_tokens + block_size_ - 1) / block_size_;
   }
-  void check_capacity(const char* name, int64_t num_tokens) const;
+  // invalid_argument naming `name` unless len + n tokens fit a row.
+  void check_capacity(const char* name, int64_t len, int64_t n) const;
   void check_token_ids(const TokenIds& token_ids, int64_t n) const;
   void check_positions(int64_t row, int64_t start, int64_t n) const;
   // OutOfBlocksError naming `what` unless `need` blocks can be allocated;
