@@ -32,7 +32,7 @@ class BlockTables(Mapping):
     block is no cache entry, otherwise the block is copied first. Each
     sequence has a row of ``block_table`` (int32 ``[num_sequences,
     max_blocks_per_seq]``) and ``context_lens`` (int32), host tensors updated in
-    place. Every call is all or nothing: ``MemoryError`` when blocks or rows
+    place; they mirror the C++ state, so writing into them changes nothing. Every call is all or nothing: ``MemoryError`` when blocks or rows
     run out, ``ValueError`` / ``KeyError`` / ``TypeError`` for bad arguments.
     """
 
