@@ -40,9 +40,6 @@ class ModelRunner:
                 with torch.inference_mode():
                     self.graphs.capture(self.buckets)
 
-    def _tensor(self, data, dtype) -> torch.Tensor:
-        return to_device(data, dtype, self.device)
-
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
         """Computes the scheduled tokens (writing their K/V into the cache).
@@ -125,13 +122,13 @@ class ModelRunner:
         width = -(-max(context_lens) // self.kv_cache.block_size)
         table = self.kv_cache.device_block_table
         metadata = AttentionMetadata(
-            slot_mapping=self._tensor(torch.cat(slots), torch.int64),
-            block_tables=table[self._tensor(rows, torch.int64), :width],
-            context_lens=self._tensor(context_lens, torch.int32),
-            query_start_loc=self._tensor(query_start_loc, torch.int32),
+            slot_mapping=to_device(torch.cat(slots), torch.int64, self.device),
+            block_tables=table[to_device(rows, torch.int64, self.device), :width],
+            context_lens=to_device(context_lens, torch.int32, self.device),
+            query_start_loc=to_device(query_start_loc, torch.int32, self.device),
             num_prefills=num_prefills, num_prefill_tokens=query_start_loc[-1],
             num_decode_tokens=len(order) - num_prefills)
-        hidden = self.model(self._tensor(input_ids, torch.int64),
-                            self._tensor(positions, torch.int64), metadata)
-        logits = self.model.compute_logits(hidden[self._tensor(last_rows, torch.int64)])
+        hidden = self.model(to_device(input_ids, torch.int64, self.device),
+                            to_device(positions, torch.int64, self.device), metadata)
+        logits = self.model.compute_logits(hidden[to_device(last_rows, torch.int64, self.device)])
         return due, logits

@@ -67,8 +67,7 @@ class OverlappedDecoder:
         if any(s.request.sampling_params is None or not s.request.forked for s in running):
             return False
         # In flight, every running sequence is in the step (nothing else can join).
-        return self.inflight is not None or all(
-            s.num_uncomputed_tokens == 1 and s.num_slots == s.num_tokens - 1 for s in running)
+        return self.inflight is not None or all(s.wants_decode_slot for s in running)
 
     def step(self) -> Optional[List["Request"]]:
         """Launches the next decode step, then reads the one before it. Returns

@@ -150,9 +150,7 @@ class Scheduler:
         all fit the budget: they can take their slots in one call. Empty
         otherwise."""
         decodes = [seq for seq in self.running if seq.num_uncomputed_tokens]
-        if len(decodes) > budget or any(
-                seq.num_uncomputed_tokens != 1 or seq.num_slots != seq.num_tokens - 1
-                for seq in decodes):
+        if len(decodes) > budget or not all(seq.wants_decode_slot for seq in decodes):
             return []
         return decodes
 

@@ -51,6 +51,12 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
+    def wants_decode_slot(self) -> bool:
+        """Whether its next step is a decode token that has no cache slot yet
+        (every other token computed, the last one just sampled)."""
+        return self.num_uncomputed_tokens == 1 and self.num_slots == self.num_tokens - 1
+
+    @property
     def output_token_ids(self) -> List[int]:
         return self.token_ids[self.num_prompt_tokens:]
 

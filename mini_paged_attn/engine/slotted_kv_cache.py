@@ -9,6 +9,7 @@ import torch
 from .._C import StaticKVCacheConfig
 from ..ops import copy_blocks
 from ..static_cache import StaticKVCache as SlotBuffer
+from .host_to_device import to_device
 from .kv_cache import KVCache
 
 
@@ -57,7 +58,7 @@ class SlottedKVCache(KVCache):
         used = -(-parent.num_slots // self.block_size)
         pairs = torch.tensor([[src + i, dst + i] for i in range(used)], dtype=torch.int64)
         copy_blocks([self.slots.key_cache], [self.slots.value_cache],
-                    pairs.view(-1, 2).to(self.slots.device))
+                    to_device(pairs.view(-1, 2), torch.int64, self.slots.device))
 
     def free(self, seq) -> None:
         self.slots.free_sequence(seq.seq_id)
