@@ -10,6 +10,7 @@
 #                           the CUDA-graph test failed twice, unexplained, see docs/perf-notes.md)
 #   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine
 #   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
+#   SKIP_PREFILL=1          skip the prefill-attention benchmark (bench_prefill.py)
 #   ENGINE_WORKLOADS="nano fixed eager cpu"
 #                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
 #                           "nano"; "" skips): nano = nano-vllm's workload; fixed = its
@@ -87,6 +88,12 @@ EOF
     --profile ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
 fi
 
+if [[ -z "${SKIP_PREFILL:-}" ]]; then
+  echo "== prefill benchmark"
+  $PY benchmarks/bench_prefill.py --device cuda --json "$OUT/prefill.json" 2>&1 \
+    | tee "$OUT/prefill.log"
+fi
+
 ENGINE=(--device cuda --model-size 0.5b --kv-memory-gb 40 --max-num-seqs 512
         --max-num-batched-tokens 16384)
 for w in ${ENGINE_WORKLOADS-nano}; do
@@ -107,6 +114,7 @@ cat "$OUT/ceilings.txt" 2>/dev/null
 grep -E '^  B=(1|8|64|128|32|256) ctx=[0-9]+ .* bs=16 ' "$OUT/bench.log" 2>/dev/null
 grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/pytest.log" 2>/dev/null | tail -n 1
 echo "tests: $test_status"
+grep -E "^(#|shape|[0-9]+x)" "$OUT/prefill.log" 2>/dev/null
 for f in "$OUT"/engine_*.log; do
   [[ -f $f ]] && grep -E "^(mini_paged_attn|transformers|decode step)" "$f" | sed "s|^|$(basename "$f" .log): |"
 done

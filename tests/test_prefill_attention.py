@@ -88,6 +88,70 @@ def test_chunks_equal_whole_prompt(device):
         assert rel_err(part, whole[start:end].double().cpu()) < 1e-6
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_size", [32, 64, 80, 96, 128, 256])
+@pytest.mark.parametrize("heads", [(4, 4), (16, 4), (16, 2), (14, 2)], ids=str)
+def test_tensor_core_prefill_long_prompts(dtype, head_size, heads):
+    # Prompts over many query and key tiles, a chunk after a long cached
+    # prefix, partial last blocks and block sizes 8 and 16 (GQA ratios 1, 4, 8, 7).
+    rng = random.Random(hash((str(dtype), head_size, heads)))
+    block_size = rng.choice([8, 16])
+    lens = [rng.randint(300, 700), rng.randint(500, 900), rng.randint(1, 70), 129]
+    q_lens = [lens[0], rng.randint(60, 200), lens[2], 0]
+    q, k, v, tables, ctx, loc = _case(rng.randrange(1 << 30), "cuda", dtype, heads[0], heads[1],
+                                      head_size, block_size, lens, q_lens,
+                                      interleaved=rng.random() < 0.5)
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    ref = ref_paged_prefill_attention(q, k, v, tables, ctx, loc)
+    assert not out.isnan().any(), "NaN from an unused slot leaked into the output"
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@CUDA
+@pytest.mark.parametrize("offset", [0, 1], ids=["strided", "misaligned"])
+def test_tensor_core_prefill_strided_query(offset):
+    # A query that is a view of a fused qkv projection; with an odd element
+    # offset its rows are not 16-byte aligned and the CUDA-core kernel runs.
+    q, k, v, tables, ctx, loc = _case(6, "cuda", torch.bfloat16, 8, 2, 64, 16, [150, 90],
+                                      [150, 40])
+    qkv = torch.randn(q.size(0), 12 * 64 + offset, dtype=q.dtype, device="cuda")
+    qv = qkv[:, offset:offset + 8 * 64].view(q.size(0), 8, 64)
+    qv.copy_(q)
+    out = torch.empty(q.size(0), 16, 64, dtype=q.dtype, device="cuda")[:, ::2]
+    ops.paged_prefill_attention(qv, k, v, tables, ctx, loc, out=out)
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < 1e-2
+
+
+@pytest.mark.parametrize("scale", [-0.2, 0.0, 2.0])
+def test_any_scale(device, scale):
+    # Scales that are not positive take the CUDA-core kernel on the GPU.
+    q, k, v, tables, ctx, loc = _case(8, device, torch.bfloat16, 8, 2, 64, 16, [130, 70],
+                                      [130, 20])
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc, scale=scale)
+    ref = ref_paged_prefill_attention(q, k, v, tables, ctx, loc, scale=scale)
+    assert rel_err(out, ref) < 1e-2
+
+
+@CUDA
+def test_tensor_core_prefill_in_cuda_graph():
+    q, k, v, tables, ctx, loc = _case(7, "cuda", torch.float16, 16, 4, 128, 16, [300, 200],
+                                      [300, 50])
+    out = torch.empty_like(q)
+    ops.paged_prefill_attention(q, k, v, tables, ctx, loc, out=out)  # warm up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.paged_prefill_attention(q, k, v, tables, ctx, loc, out=out, check=False)
+    q.copy_(torch.randn_like(q))
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < 2e-3
+
+
 def _valid(device):
     return _case(4, device, torch.float32, 8, 2, 64, 16, [20, 9], [5, 9])
 

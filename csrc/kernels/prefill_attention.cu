@@ -1,5 +1,8 @@
-// paged_prefill_attention on CUDA: a simple tiled kernel with float32 math on
-// the CUDA cores (the tensor-core version is a later issue).
+// paged_prefill_attention on CUDA. fp16 / bf16 queries on a cache of the same
+// type go to the tensor-core kernel (prefill_tc_kernel.cuh) when rows are
+// 16-byte aligned; everything else (float32, a float32 query on a 16-bit
+// cache, odd head sizes or strides) takes the simple tiled kernel below, with
+// float32 math on the CUDA cores.
 //
 // One thread block per (tile of kBlockQ query tokens of one sequence, query
 // head). It walks the sequence's keys in tiles of kBlockK: K and V tiles are
@@ -17,6 +20,7 @@
 
 #include "mini_paged_attn/checks.h"
 #include "mini_paged_attn/cuda_utils.cuh"
+#include "mini_paged_attn/prefill_tc.cuh"
 
 namespace mini_paged_attn::cuda {
 namespace {
@@ -222,6 +226,55 @@ void dispatch_query(at::ScalarType query_dtype, int64_t head_size, const Prefill
   }
 }
 
+// The tensor-core kernel copies rows with 16-byte cp.async and stores pairs.
+bool tc_aligned(const at::Tensor& t, int64_t dims) {
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  for (int64_t i = 0; i < dims; ++i) {
+    if (t.stride(i) % 8 != 0) return false;
+  }
+  return true;
+}
+
+// The tensor-core softmax takes the max of raw scores, so it needs scale > 0.
+bool use_tensor_cores(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+                      const at::Tensor& value_cache, int64_t head_size, double scale) {
+  const at::ScalarType t = key_cache.scalar_type();
+  return (t == at::kHalf || t == at::kBFloat16) && query.scalar_type() == t && scale > 0 &&
+         std::isfinite(scale) &&
+         prefill_tc_head_size(head_size) && tc_aligned(query, 2) && tc_aligned(out, 2) &&
+         tc_aligned(key_cache, 3) && tc_aligned(value_cache, 3);
+}
+
+void launch_tensor_cores(const PagedAttentionDims& d, const at::Tensor& out,
+                         const at::Tensor& query, const at::Tensor& key_cache,
+                         const at::Tensor& value_cache, const at::Tensor& block_tables,
+                         const at::Tensor& context_lens, const at::Tensor& query_start_loc,
+                         double scale, cudaStream_t stream) {
+  PrefillTcParams p{};
+  p.out = out.data_ptr();
+  p.query = query.data_ptr();
+  p.kv = make_paged_kv(key_cache, value_cache, block_tables, context_lens);
+  p.query_start_loc = query_start_loc.data_ptr<int32_t>();
+  p.out_token_stride = out.stride(0);
+  p.out_head_stride = out.stride(1);
+  p.q_token_stride = query.stride(0);
+  p.q_head_stride = query.stride(1);
+  p.num_seqs = static_cast<int>(d.num_seqs);
+  p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
+  p.block_size = static_cast<int>(d.block_size);
+  p.block_shift = (d.block_size & (d.block_size - 1)) == 0 ? __builtin_ctzll(d.block_size) : -1;
+  p.heads_per_cta = std::min(p.group_size, kPrefillTcBlockM);
+  p.head_chunks = (p.group_size + p.heads_per_cta - 1) / p.heads_per_cta;
+  p.tokens_per_tile = kPrefillTcBlockM / p.heads_per_cta;
+  p.scale_log2 = static_cast<float>(scale * M_LOG2E);
+  const int64_t num_tokens = query.size(0);
+  if (key_cache.scalar_type() == at::kHalf) {
+    launch_prefill_tc<__half>(p, d.head_size, num_tokens, d.num_kv_heads, stream);
+  } else {
+    launch_prefill_tc<__nv_bfloat16>(p, d.head_size, num_tokens, d.num_kv_heads, stream);
+  }
+}
+
 void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
                                  const at::Tensor& key_cache, const at::Tensor& value_cache,
                                  const at::Tensor& block_tables, const at::Tensor& context_lens,
@@ -235,6 +288,12 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
   if (num_tokens == 0 || d.num_seqs == 0) return;
 
   const c10::cuda::CUDAGuard guard(query.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(query.get_device()).stream();
+  if (use_tensor_cores(out, query, key_cache, value_cache, d.head_size, scale)) {
+    launch_tensor_cores(d, out, query, key_cache, value_cache, block_tables, context_lens,
+                        query_start_loc, scale, stream);
+    return;
+  }
   PrefillParams p{};
   p.out = out.data_ptr();
   p.query = query.data_ptr();
@@ -249,7 +308,6 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
   p.block_size = static_cast<int>(d.block_size);
   p.scale = static_cast<float>(scale);
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(query.get_device()).stream();
   switch (key_cache.scalar_type()) {
     case at::kHalf:
       dispatch_query<__half>(query.scalar_type(), d.head_size, p, num_tokens, d.num_heads, stream);
