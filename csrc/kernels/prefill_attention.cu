@@ -263,9 +263,6 @@ void launch_tensor_cores(const PagedAttentionDims& d, const at::Tensor& out,
   p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
   p.block_size = static_cast<int>(d.block_size);
   p.block_shift = (d.block_size & (d.block_size - 1)) == 0 ? __builtin_ctzll(d.block_size) : -1;
-  p.heads_per_cta = std::min(p.group_size, kPrefillTcBlockM);
-  p.head_chunks = (p.group_size + p.heads_per_cta - 1) / p.heads_per_cta;
-  p.tokens_per_tile = kPrefillTcBlockM / p.heads_per_cta;
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   const int64_t num_tokens = query.size(0);
   if (key_cache.scalar_type() == at::kHalf) {

@@ -32,9 +32,10 @@ struct PrefillTcParams {
   int64_t q_token_stride, q_head_stride;
   int num_seqs, group_size, block_size;
   int block_shift;      // log2(block_size), or -1 when it is not a power of two
+  // The CTA's rows, set by the launcher for its head size:
   int heads_per_cta;    // query heads of one group in a CTA's rows
   int head_chunks;      // CTAs along one group's heads: ceil(group_size / heads_per_cta)
-  int tokens_per_tile;  // kBlockM / heads_per_cta
+  int tokens_per_tile;  // rows / heads_per_cta
   float scale_log2;     // softmax scale * log2(e) > 0: scores go through exp2
 };
 
@@ -42,9 +43,6 @@ struct PrefillTcParams {
 inline bool prefill_tc_head_size(int64_t d) {
   return d == 32 || d == 64 || d == 80 || d == 96 || d == 128 || d == 256;
 }
-
-// Rows of query tokens x heads per CTA (the heads_per_cta / tokens_per_tile unit).
-constexpr int kPrefillTcBlockM = 64;
 
 template <typename T>
 void launch_prefill_tc(const PrefillTcParams& p, int64_t head_size, int64_t num_tokens,

@@ -15,17 +15,20 @@ template <int D>
 struct Traits {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBlockM = kPrefillTcBlockM;  // 16 rows per warp
+  // Each warp owns kMTiles x 16 rows and reuses every K and V fragment it reads
+  // for all of them; at head size 256 the accumulators of two would not fit.
+  static constexpr int kMTiles = D <= 128 ? 2 : 1;
+  static constexpr int kBlockM = 16 * kMTiles * kWarps;
   static constexpr int kBlockN = D <= 128 ? 64 : 32;
   // Rows padded by 16 bytes: the 8 rows one ldmatrix reads start in distinct
   // bank groups for every head size here (row pitch = 4 banks mod 32, times odd).
   static constexpr int kStride = D + 8;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  // Q fragments live in registers for the whole key loop up to head size 128;
-  // at 256 they would take 64 registers next to 128 of accumulators.
-  static constexpr bool kQInRegs = D <= 128;
+  // Q fragments stay in registers for the whole key loop where they are few
+  // (kMTiles x head size <= 128); otherwise they are read again from shared memory.
+  static constexpr bool kQInRegs = kMTiles * D <= 128;
   static constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kStride * 2;  // Q, 2 x (K, V)
-  static_assert(D % 16 == 0 && kBlockM == 16 * kWarps && kBlockN % 16 == 0);
+  static_assert(D % 16 == 0 && kBlockN % 16 == 0);
 };
 
 // Where a CTA's rows are: which sequence and query tile, which heads.
@@ -138,51 +141,82 @@ __device__ __forceinline__ void load_kv_tile(T* k_s, T* v_s, const PrefillTcPara
   }
 }
 
-// This warp's 16 x kBlockN scores S = Q K^T (unscaled). q_frag holds the Q
-// fragments when Traits::kQInRegs; otherwise they are read from q_s.
+// Per-thread fragments: scores / probabilities of this warp's rows against a
+// key tile, and the output accumulators.
+template <int D>
+using Scores = float[Traits<D>::kMTiles][Traits<D>::kBlockN / 8][4];
+template <int D>
+using Accum = float[Traits<D>::kMTiles][D / 8][4];
+template <int D>
+using QFrags = uint32_t[Traits<D>::kQInRegs ? Traits<D>::kMTiles * D / 16 : 1][4];
+
+// The A fragment of m-tile mt, dims kk*16 + [0, 16), from this warp's Q rows.
 template <typename T, int D>
-__device__ __forceinline__ void qk_tile(float (&s)[Traits<D>::kBlockN / 8][4],
-                                        const uint32_t (*q_frag)[4], const T* q_s, const T* k_s) {
+__device__ __forceinline__ void load_q_frag(uint32_t (&a)[4], const T* q_s, int mt, int kk) {
   using Tr = Traits<D>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int row = (warp * Tr::kMTiles + mt) * 16 + lane % 16;
+  ldmatrix_x4(a, q_s + row * Tr::kStride + kk * 16 + (lane / 16) * 8);
+}
+
+// This warp's scores S = Q K^T against one key tile (unscaled).
+template <typename T, int D>
+__device__ __forceinline__ void qk_tile(Scores<D>& s, const QFrags<D>& q_frag, const T* q_s,
+                                        const T* k_s) {
+  using Tr = Traits<D>;
+  constexpr int MT = Tr::kMTiles;
+  const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int j = 0; j < Tr::kBlockN / 8; ++j) {
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+    for (int j = 0; j < Tr::kBlockN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][j][e] = 0.f;
+    }
   }
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    uint32_t a[4];
-    if constexpr (Tr::kQInRegs) {
+    uint32_t a[MT][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) a[e] = q_frag[kk][e];
-    } else {
-      ldmatrix_x4(a, q_s + (warp * 16 + lane % 16) * Tr::kStride + kk * 16 + (lane / 16) * 8);
+    for (int mt = 0; mt < MT; ++mt) {
+      if constexpr (Tr::kQInRegs) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[mt * (D / 16) + kk][e];
+      } else {
+        load_q_frag<T, D>(a[mt], q_s, mt, kk);
+      }
     }
 #pragma unroll
     for (int np = 0; np < Tr::kBlockN / 16; ++np) {
       uint32_t b[4];  // keys np*16 + [0, 8) then [8, 16), dims kk*16 + [0, 16)
       ldmatrix_x4(b, k_s + (np * 16 + lane % 8 + (lane / 16) * 8) * Tr::kStride + kk * 16 +
                          ((lane / 8) % 2) * 8);
-      mma_16816<T>(s[2 * np], a, b[0], b[1]);
-      mma_16816<T>(s[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(s[mt][2 * np], a[mt], b[0], b[1]);
+        mma_16816<T>(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
 
 // Keys a row must not see get score -inf: past the row's own position
 // (causal) and past the tile's keys. Only tiles that reach past the CTA's
-// first row need this.
+// first row need this. Row rr of this thread is m-tile rr / 2, half rr % 2.
 template <int D>
-__device__ __forceinline__ void mask_tile(float (&s)[Traits<D>::kBlockN / 8][4], int k0,
-                                          const int (&row_pos)[2], int kv_end) {
+__device__ __forceinline__ void mask_tile(Scores<D>& s, int k0,
+                                          const int (&row_pos)[2 * Traits<D>::kMTiles],
+                                          int kv_end) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int j = 0; j < Traits<D>::kBlockN / 8; ++j) {
+  for (int mt = 0; mt < Traits<D>::kMTiles; ++mt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = k0 + j * 8 + (lane % 4) * 2 + (e & 1);
-      if (key > row_pos[e / 2] || key >= kv_end) s[j][e] = -INFINITY;
+    for (int j = 0; j < Traits<D>::kBlockN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + j * 8 + (lane % 4) * 2 + (e & 1);
+        if (key > row_pos[2 * mt + e / 2] || key >= kv_end) s[mt][j][e] = -INFINITY;
+      }
     }
   }
 }
@@ -194,91 +228,100 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// Online softmax over one tile of raw scores for this thread's two rows
-// (lane / 4 and lane / 4 + 8): updates the running max m and partial sum l,
-// rescales o, and turns s into probabilities exp2(s * scale_log2 - shift),
+// Online softmax over one tile of raw scores for this thread's rows (lane / 4
+// and lane / 4 + 8 of each m-tile): updates the running max m and partial sum
+// l, rescales o, and turns s into probabilities exp2(s * scale_log2 - shift),
 // one FFMA and one MUFU per score. Needs scale_log2 > 0 (the launcher's rule),
 // so the raw max is the scaled max.
 template <int D>
-__device__ __forceinline__ void softmax_tile(float (&s)[Traits<D>::kBlockN / 8][4],
-                                             float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
+__device__ __forceinline__ void softmax_tile(Scores<D>& s, Accum<D>& o,
+                                             float (&m)[2 * Traits<D>::kMTiles],
+                                             float (&l)[2 * Traits<D>::kMTiles],
                                              float scale_log2) {
   constexpr int NT = Traits<D>::kBlockN / 8;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float mx = m[r];
+  for (int rr = 0; rr < 2 * Traits<D>::kMTiles; ++rr) {
+    const int mt = rr / 2, r = rr % 2;
+    float mx = m[rr];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+    for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
     // The four threads of a quad hold one row.
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     // A row that has seen only masked keys keeps max -inf; a shift of 0 then
     // keeps its probabilities at exp2(-inf) = 0 instead of NaN.
     const float shift = mx == -INFINITY ? 0.f : mx * scale_log2;
-    const float alpha = fast_exp2(fmaf(m[r], scale_log2, -shift));  // 0 while m is -inf
-    m[r] = mx;
+    const float alpha = fast_exp2(fmaf(m[rr], scale_log2, -shift));  // 0 while m is -inf
+    m[rr] = mx;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
 #pragma unroll
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
-        s[j][e] = fast_exp2(fmaf(s[j][e], scale_log2, -shift));
-        sum += s[j][e];
+        s[mt][j][e] = fast_exp2(fmaf(s[mt][j][e], scale_log2, -shift));
+        sum += s[mt][j][e];
       }
     }
-    l[r] = l[r] * alpha + sum;
+    l[rr] = l[rr] * alpha + sum;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
-      o[j][2 * r] *= alpha;
-      o[j][2 * r + 1] *= alpha;
+      o[mt][j][2 * r] *= alpha;
+      o[mt][j][2 * r + 1] *= alpha;
     }
   }
 }
 
-// o += P V for this warp's 16 rows; P comes from the score accumulators, whose
+// o += P V for this warp's rows; P comes from the score accumulators, whose
 // layout is the A-operand layout of m16n8k16 two key columns at a time.
 template <typename T, int D>
-__device__ __forceinline__ void pv_tile(float (&o)[D / 8][4],
-                                        const float (&s)[Traits<D>::kBlockN / 8][4],
-                                        const T* v_s) {
+__device__ __forceinline__ void pv_tile(Accum<D>& o, const Scores<D>& s, const T* v_s) {
   using Tr = Traits<D>;
+  constexpr int MT = Tr::kMTiles;
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int kk = 0; kk < Tr::kBlockN / 16; ++kk) {
-    const uint32_t a[4] = {Convert<T>::pack2(s[2 * kk][0], s[2 * kk][1]),
-                           Convert<T>::pack2(s[2 * kk][2], s[2 * kk][3]),
-                           Convert<T>::pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                           Convert<T>::pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      a[mt][0] = Convert<T>::pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+      a[mt][1] = Convert<T>::pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+      a[mt][2] = Convert<T>::pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+      a[mt][3] = Convert<T>::pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t b[4];  // keys kk*16 + [0, 16), dims dp*16 + [0, 8) then [8, 16)
       ldmatrix_x4_trans(b, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * Tr::kStride +
                                dp * 16 + (lane / 16) * 8);
-      mma_16816<T>(o[2 * dp], a, b[0], b[1]);
-      mma_16816<T>(o[2 * dp + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(o[mt][2 * dp], a[mt], b[0], b[1]);
+        mma_16816<T>(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
 
-// o / l into this thread's two rows of the output.
+// o / l into this thread's rows of the output.
 template <typename T, int D>
-__device__ __forceinline__ void store_out(const float (&o)[D / 8][4], float (&l)[2],
+__device__ __forceinline__ void store_out(const Accum<D>& o, float (&l)[2 * Traits<D>::kMTiles],
                                           const PrefillTcParams& p, const TileCoords& c) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    const int row = warp * 16 + lane / 4 + 8 * r;
+  for (int rr = 0; rr < 2 * Traits<D>::kMTiles; ++rr) {
+    const int mt = rr / 2, r = rr % 2;
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
+    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
+    const int row = (warp * Traits<D>::kMTiles + mt) * 16 + lane / 4 + 8 * r;
     const int t = row / p.heads_per_cta, h = row % p.heads_per_cta;
     if (t >= c.tokens || h >= c.heads) continue;
     // A real row always sees key 0, so l > 0.
-    const float inv = 1.f / l[r];
+    const float inv = 1.f / l[rr];
     T* out = static_cast<T*>(p.out) + (c.first_token + t) * p.out_token_stride +
              (c.first_head + h) * p.out_head_stride + (lane % 4) * 2;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
-      const uint32_t v = Convert<T>::pack2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+      const uint32_t v = Convert<T>::pack2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
       *reinterpret_cast<uint32_t*>(out + j * 8) = v;
     }
   }
@@ -299,10 +342,12 @@ __global__ void __launch_bounds__(Traits<D>::kThreads) prefill_tc_kernel(const P
   if (!find_tile(p, blockIdx.x, c)) return;  // the grid is an upper bound on the tiles
   const int32_t* table = p.kv.block_tables + c.seq * p.kv.block_table_stride;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  int row_pos[2];
+  constexpr int MT = Tr::kMTiles;
+  int row_pos[2 * MT];  // positions of this thread's rows
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_pos[r] = c.first_pos + (warp * 16 + lane / 4 + 8 * r) / p.heads_per_cta;
+  for (int rr = 0; rr < 2 * MT; ++rr) {
+    const int row = (warp * MT + rr / 2) * 16 + lane / 4 + 8 * (rr % 2);
+    row_pos[rr] = c.first_pos + row / p.heads_per_cta;
   }
 
   const int num_kv_tiles = (c.kv_end + BN - 1) / BN;
@@ -313,9 +358,14 @@ __global__ void __launch_bounds__(Traits<D>::kThreads) prefill_tc_kernel(const P
                      (num_kv_tiles - 1) * BN, c.kv_end);
   cp_async_commit();
 
-  uint32_t q_frag[Tr::kQInRegs ? D / 16 : 1][4];
-  float o[D / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  QFrags<D> q_frag;
+  Accum<D> o = {};
+  float m[2 * MT], l[2 * MT];
+#pragma unroll
+  for (int rr = 0; rr < 2 * MT; ++rr) {
+    m[rr] = -INFINITY;
+    l[rr] = 0.f;
+  }
   for (int j = num_kv_tiles - 1; j >= 0; --j) {
     if (j > 0) {
       load_kv_tile<T, D>(k_s + ((j - 1) & 1) * kTile, v_s + ((j - 1) & 1) * kTile, p, table,
@@ -327,13 +377,12 @@ __global__ void __launch_bounds__(Traits<D>::kThreads) prefill_tc_kernel(const P
     if constexpr (Tr::kQInRegs) {
       if (j == num_kv_tiles - 1) {
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          ldmatrix_x4(q_frag[kk],
-                      q_s + (warp * 16 + lane % 16) * Tr::kStride + kk * 16 + (lane / 16) * 8);
+        for (int f = 0; f < MT * D / 16; ++f) {
+          load_q_frag<T, D>(q_frag[f], q_s, f / (D / 16), f % (D / 16));
         }
       }
     }
-    float s[BN / 8][4];
+    Scores<D> s;
     qk_tile<T, D>(s, q_frag, q_s, k_s + (j & 1) * kTile);
     if (j >= first_masked) mask_tile<D>(s, j * BN, row_pos, c.kv_end);
     softmax_tile<D>(s, o, m, l, p.scale_log2);
@@ -344,9 +393,11 @@ __global__ void __launch_bounds__(Traits<D>::kThreads) prefill_tc_kernel(const P
 }
 
 template <typename T, int D>
-void launch(const PrefillTcParams& p, int64_t num_tokens, int64_t num_kv_heads,
-            cudaStream_t stream) {
+void launch(PrefillTcParams p, int64_t num_tokens, int64_t num_kv_heads, cudaStream_t stream) {
   using Tr = Traits<D>;
+  p.heads_per_cta = std::min(p.group_size, Tr::kBlockM);
+  p.head_chunks = (p.group_size + p.heads_per_cta - 1) / p.heads_per_cta;
+  p.tokens_per_tile = Tr::kBlockM / p.heads_per_cta;
   auto kernel = prefill_tc_kernel<T, D>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Tr::kSmemBytes));
