@@ -136,6 +136,19 @@ def test_any_scale(device, scale):
     assert rel_err(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scores_growing_away_from_the_diagonal(device, dtype):
+    # Keys far from the diagonal score highest, so every key tile raises the
+    # running max (kernels walk the keys from the diagonal down) and the
+    # output is rescaled again and again.
+    q, k, v, tables, ctx, loc = _case(9, device, dtype, 8, 2, 64, 16, [700], [300])
+    pos = torch.arange(700, device=device)
+    blocks = tables[0].long()[pos // 16]
+    k[blocks, pos % 16] *= (1 + (700 - pos) / 50).to(dtype)[:, None, None]
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[dtype]
+
+
 @CUDA
 def test_tensor_core_prefill_in_cuda_graph():
     q, k, v, tables, ctx, loc = _case(7, "cuda", torch.float16, 16, 4, 128, 16, [300, 200],

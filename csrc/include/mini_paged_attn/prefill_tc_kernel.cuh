@@ -229,30 +229,42 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // Online softmax over one tile of raw scores for this thread's rows (lane / 4
-// and lane / 4 + 8 of each m-tile): updates the running max m and partial sum
-// l, rescales o, and turns s into probabilities exp2(s * scale_log2 - shift),
-// one FFMA and one MUFU per score. Needs scale_log2 > 0 (the launcher's rule),
-// so the raw max is the scaled max.
+// and lane / 4 + 8 of each m-tile). m is each row's reference max in the log2
+// domain (scores times scale_log2; needs scale_log2 > 0, the launcher's rule,
+// so the raw max is the scaled max). s becomes exp2(s * scale_log2 - m): one
+// FFMA and one MUFU per score. The reference moves only when a score exceeds
+// it by more than kLazyRescale, so probabilities stay below 2^kLazyRescale and
+// o is rescaled (a multiply per accumulator) only on the rare tiles where some
+// row of the warp moved.
+constexpr float kLazyRescale = 8.f;
+
 template <int D>
 __device__ __forceinline__ void softmax_tile(Scores<D>& s, Accum<D>& o,
                                              float (&m)[2 * Traits<D>::kMTiles],
                                              float (&l)[2 * Traits<D>::kMTiles],
                                              float scale_log2) {
-  constexpr int NT = Traits<D>::kBlockN / 8;
+  constexpr int NT = Traits<D>::kBlockN / 8, RR = 2 * Traits<D>::kMTiles;
+  float alpha[RR];
+  bool moved = false;
 #pragma unroll
-  for (int rr = 0; rr < 2 * Traits<D>::kMTiles; ++rr) {
+  for (int rr = 0; rr < RR; ++rr) {
     const int mt = rr / 2, r = rr % 2;
-    float mx = m[rr];
+    float mx = -INFINITY;
 #pragma unroll
     for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
     // The four threads of a quad hold one row.
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    // A row that has seen only masked keys keeps max -inf; a shift of 0 then
+    mx *= scale_log2;
+    alpha[rr] = 1.f;
+    if (mx > m[rr] + kLazyRescale) {  // never while the tile's row is all masked
+      alpha[rr] = fast_exp2(m[rr] - mx);  // 0 when m was -inf
+      m[rr] = mx;
+      moved = true;
+    }
+    // A row that has seen only masked keys keeps m = -inf; a shift of 0 then
     // keeps its probabilities at exp2(-inf) = 0 instead of NaN.
-    const float shift = mx == -INFINITY ? 0.f : mx * scale_log2;
-    const float alpha = fast_exp2(fmaf(m[rr], scale_log2, -shift));  // 0 while m is -inf
-    m[rr] = mx;
+    const float shift = m[rr] == -INFINITY ? 0.f : m[rr];
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
@@ -262,11 +274,16 @@ __device__ __forceinline__ void softmax_tile(Scores<D>& s, Accum<D>& o,
         sum += s[mt][j][e];
       }
     }
-    l[rr] = l[rr] * alpha + sum;
+    l[rr] = l[rr] * alpha[rr] + sum;
+  }
+  if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      o[mt][j][2 * r] *= alpha;
-      o[mt][j][2 * r + 1] *= alpha;
+    for (int rr = 0; rr < RR; ++rr) {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[rr / 2][j][2 * (rr % 2)] *= alpha[rr];
+        o[rr / 2][j][2 * (rr % 2) + 1] *= alpha[rr];
+      }
     }
   }
 }
