@@ -9,6 +9,9 @@ Workloads (``--workload``):
           of randint(100, 1024) ids in [0, 10000], temperature 0.6, ignore_eos,
           max_tokens randint(100, 1024) (133,966 output tokens).
   fixed   the nano prompts, 512 greedy tokens each.
+  prefill the nano prompts, one greedy token each: the prefill phase (prompt
+          tokens/s is its number). ``MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core``
+          runs it on the CUDA-core prefill kernel instead of the tensor cores.
 
 Baselines (``--baselines``, default ``hf`` except on nano, where both are too
 slow): ``hf`` is transformers ``generate`` with padded static batches of
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import random
 import statistics
@@ -64,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--model-size", choices=sorted(MODEL_SIZES), default="tiny")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default: float32 on the CPU, bfloat16 on the GPU")
-    p.add_argument("--workload", choices=["random", "nano", "fixed"], default="random")
+    p.add_argument("--workload", choices=["random", "nano", "fixed", "prefill"], default="random")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--prompt-len", type=int, nargs=2, default=(16, 256), metavar=("MIN", "MAX"))
     p.add_argument("--output-len", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"))
@@ -94,8 +98,8 @@ def make_workload(args, vocab_size: int) -> Workload:
     random.seed(0)
     prompts = [[random.randint(0, 10000) for _ in range(random.randint(100, 1024))]
                for _ in range(256)]
-    if args.workload == "fixed":
-        return [(p, 0.0, 512) for p in prompts]
+    if args.workload in ("fixed", "prefill"):
+        return [(p, 0.0, 512 if args.workload == "fixed" else 1) for p in prompts]
     return [(p, 0.6, random.randint(100, 1024)) for p in prompts]
 
 
@@ -267,6 +271,7 @@ def main(argv=None) -> Dict:
             except Exception as e:  # an API change must not lose the other results
                 print(f"transformers generate_batch failed: {e!r}")
     tokens = sum(n for _, _, n in workload)
+    prompt_tokens = sum(len(p) for p, _, _ in workload)
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
         "command": " ".join(["python", "benchmarks/bench_engine.py"] + sys.argv[1:]),
@@ -276,9 +281,12 @@ def main(argv=None) -> Dict:
         "model_size": args.model_size, "parameters": params, "dtype": str(dtype)[6:],
         "workload": args.workload, "enforce_eager": args.enforce_eager,
         "num_requests": len(workload), "output_tokens": tokens,
-        "prompt_tokens": sum(len(p) for p, _, _ in workload), "hf_batch_size": args.hf_batch_size,
+        "prompt_tokens": prompt_tokens, "hf_batch_size": args.hf_batch_size,
+        "cuda_prefill_kernel": os.environ.get("MINI_PAGED_ATTN_CUDA_PREFILL", "tensor-core"),
         "systems": {name: {"seconds": s, "requests_per_s": len(workload) / s,
-                           "output_tokens_per_s": tokens / s} for name, s in seconds.items()},
+                           "output_tokens_per_s": tokens / s,
+                           "prompt_tokens_per_s": prompt_tokens / s}
+                    for name, s in seconds.items()},
         "decode_step": decode,
     }
     print(f"{results['date']}  {results['device']}  torch {results['torch']}  "
@@ -286,10 +294,12 @@ def main(argv=None) -> Dict:
           f"{args.workload}: {len(workload)} requests, {results['prompt_tokens']} prompt + "
           f"{tokens} output tokens")
     slowest = max(seconds.values())
-    print(f"{'system':<30}{'wall s':>9}{'req/s':>9}{'out tok/s':>12}{'vs slowest':>11}")
+    print(f"{'system':<30}{'wall s':>9}{'req/s':>9}{'out tok/s':>12}{'prompt tok/s':>14}"
+          f"{'vs slowest':>11}")
     for name, r in results["systems"].items():
         print(f"{name:<30}{r['seconds']:>9.2f}{r['requests_per_s']:>9.2f}"
-              f"{r['output_tokens_per_s']:>12,.0f}{slowest / r['seconds']:>10.2f}x")
+              f"{r['output_tokens_per_s']:>12,.0f}{r['prompt_tokens_per_s']:>14,.0f}"
+              f"{slowest / r['seconds']:>10.2f}x")
     if decode:
         print(f"decode step at batch {decode['batch']} (contexts {decode['context_min']}-"
               f"{decode['context_max']}): {decode['step_ms_median']:.2f} ms median, GPU busy "

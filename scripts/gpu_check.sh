@@ -11,11 +11,13 @@
 #   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine
 #   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
 #   SKIP_PREFILL=1          skip the prefill-attention benchmark (bench_prefill.py)
-#   ENGINE_WORKLOADS="nano fixed eager cpu"
+#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-cuda-core"
 #                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
 #                           "nano"; "" skips): nano = nano-vllm's workload; fixed = its
 #                           prompts, 512 greedy tokens, against transformers generate and
-#                           generate_batch; eager = nano with --enforce-eager
+#                           generate_batch; eager = nano with --enforce-eager; prefill =
+#                           its prompts, one token each (the prefill phase), and
+#                           prefill-cuda-core the same on the CUDA-core prefill kernel
 #   ARCH_LIST="8.0+PTX"     build for another TORCH_CUDA_ARCH_LIST (default 9.0): with
 #                           8.0+PTX the H100 runs the sm_80 code paths (JIT from PTX)
 set -uo pipefail
@@ -98,13 +100,17 @@ ENGINE=(--device cuda --model-size 0.5b --kv-memory-gb 40 --max-num-seqs 512
         --max-num-batched-tokens 16384)
 for w in ${ENGINE_WORKLOADS-nano}; do
   echo "== engine: $w"
+  env=()
   case $w in
     nano) args=(--workload nano) ;;
+    prefill) args=(--workload prefill --decode-steps 0) ;;
+    prefill-cuda-core) args=(--workload prefill --decode-steps 0)
+                       env=(MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core) ;;
     eager) args=(--workload nano --enforce-eager) ;;
     fixed) args=(--workload fixed --baselines hf,hf-batch --hf-batch-size 64 --decode-steps 0) ;;
     *) echo "unknown engine workload $w"; continue ;;
   esac
-  timeout "${ENGINE_TIMEOUT:-480}" $PY benchmarks/bench_engine.py "${ENGINE[@]}" "${args[@]}" \
+  env "${env[@]}" timeout "${ENGINE_TIMEOUT:-480}" $PY benchmarks/bench_engine.py "${ENGINE[@]}" "${args[@]}" \
     --json "$OUT/engine_$w.json" 2>&1 | grep -v "Writing model shards" | tee "$OUT/engine_$w.log"
 done
 

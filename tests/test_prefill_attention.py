@@ -92,12 +92,17 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @CUDA
+@pytest.mark.parametrize("kernel", ["tensor-core", "cuda-core"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_size", [32, 64, 80, 96, 128, 256])
 @pytest.mark.parametrize("heads", [(4, 4), (16, 4), (16, 2), (14, 2)], ids=str)
-def test_tensor_core_prefill_long_prompts(dtype, head_size, heads):
+def test_cuda_prefill_long_prompts(monkeypatch, kernel, dtype, head_size, heads):
     # Prompts over many query and key tiles, a chunk after a long cached
-    # prefix, partial last blocks and block sizes 8 and 16 (GQA ratios 1, 4, 8, 7).
+    # prefix, partial last blocks and block sizes 8 and 16 (GQA ratios 1, 4, 8,
+    # 7), on both CUDA kernels (the CUDA-core one has no head size 32).
+    if kernel == "cuda-core" and head_size == 32:
+        pytest.skip("the CUDA-core kernel has no head size 32")
+    monkeypatch.setenv("MINI_PAGED_ATTN_CUDA_PREFILL", kernel)
     rng = random.Random(hash((str(dtype), head_size, heads)))
     block_size = rng.choice([8, 16])
     lens = [rng.randint(300, 700), rng.randint(500, 900), rng.randint(1, 70), 129]
@@ -109,6 +114,14 @@ def test_tensor_core_prefill_long_prompts(dtype, head_size, heads):
     ref = ref_paged_prefill_attention(q, k, v, tables, ctx, loc)
     assert not out.isnan().any(), "NaN from an unused slot leaked into the output"
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@CUDA
+def test_cuda_prefill_kernel_variable_checked(monkeypatch):
+    q, k, v, tables, ctx, loc = _case(6, "cuda", torch.bfloat16, 8, 2, 64, 16, [20], [20])
+    monkeypatch.setenv("MINI_PAGED_ATTN_CUDA_PREFILL", "fast")
+    with pytest.raises(ValueError, match="MINI_PAGED_ATTN_CUDA_PREFILL"):
+        ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
 
 
 @CUDA

@@ -17,6 +17,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "mini_paged_attn/checks.h"
 #include "mini_paged_attn/cuda_utils.cuh"
@@ -235,11 +237,24 @@ bool tc_aligned(const at::Tensor& t, int64_t dims) {
   return true;
 }
 
+// MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core sends every call to the CUDA-core
+// kernel (to compare the two, or to test the fallback); tensor-core (or unset)
+// lets eligible calls use the tensor cores.
+bool tensor_cores_allowed() {
+  const char* env = std::getenv("MINI_PAGED_ATTN_CUDA_PREFILL");
+  if (env == nullptr || *env == 0 || std::strcmp(env, "tensor-core") == 0) return true;
+  TORCH_CHECK_VALUE(std::strcmp(env, "cuda-core") == 0,
+                    "MINI_PAGED_ATTN_CUDA_PREFILL must be tensor-core or cuda-core, got '", env,
+                    "'");
+  return false;
+}
+
 // The tensor-core softmax takes the max of raw scores, so it needs scale > 0.
 bool use_tensor_cores(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
                       const at::Tensor& value_cache, int64_t head_size, double scale) {
   const at::ScalarType t = key_cache.scalar_type();
-  return (t == at::kHalf || t == at::kBFloat16) && query.scalar_type() == t && scale > 0 &&
+  return tensor_cores_allowed() && (t == at::kHalf || t == at::kBFloat16) &&
+         query.scalar_type() == t && scale > 0 &&
          std::isfinite(scale) &&
          prefill_tc_head_size(head_size) && tc_aligned(query, 2) && tc_aligned(out, 2) &&
          tc_aligned(key_cache, 3) && tc_aligned(value_cache, 3);

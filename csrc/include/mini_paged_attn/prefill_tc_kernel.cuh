@@ -25,8 +25,10 @@ struct Traits {
   static constexpr int kStride = D + 8;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   // Q fragments stay in registers for the whole key loop where they are few
-  // (kMTiles x head size <= 128); otherwise they are read again from shared memory.
-  static constexpr bool kQInRegs = kMTiles * D <= 128;
+  // (kMTiles x head size <= 64); otherwise they are read again from shared
+  // memory. Up to head size 64 that leaves room for three CTAs per SM.
+  static constexpr bool kQInRegs = kMTiles * D <= 64;
+  static constexpr int kMinCtasPerSm = D <= 64 ? 3 : 1;
   static constexpr int kSmemBytes = (kBlockM + 4 * kBlockN) * kStride * 2;  // Q, 2 x (K, V)
   static_assert(D % 16 == 0 && kBlockN % 16 == 0);
 };
@@ -347,7 +349,8 @@ __device__ __forceinline__ void store_out(const Accum<D>& o, float (&l)[2 * Trai
 // Two stages of K and V: tile j - 1 is in flight while tile j is computed.
 // Key tiles go from the last (masked) one down.
 template <typename T, int D>
-__global__ void __launch_bounds__(Traits<D>::kThreads) prefill_tc_kernel(const PrefillTcParams p) {
+__global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
+    prefill_tc_kernel(const PrefillTcParams p) {
   using Tr = Traits<D>;
   constexpr int BN = Tr::kBlockN, kTile = BN * Tr::kStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
