@@ -3,6 +3,9 @@ a chunk of new tokens after a cached prefix, read through shuffled blocks)
 against torch SDPA (causal, ``enable_gqa``) on a contiguous copy of the same
 K/V, in one run. SDPA gets the same work: for a chunk after a prefix, its
 queries attend to the prefix and causally to each other (an explicit mask).
+SDPA runs twice: with the backend torch picks (on an H100/H200, cuDNN's) and
+with its flash backend forced (FlashAttention-2; it takes no explicit mask,
+so it has no number for a chunk after a prefix).
 
     python benchmarks/bench_prefill.py --device cpu --threads 2
     python benchmarks/bench_prefill.py --device cuda --json prefill.json
@@ -18,6 +21,7 @@ from typing import List, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_decode import time_us  # noqa: E402
@@ -99,13 +103,27 @@ def run_shape(shape: Shape, device: str) -> dict:
             return F.scaled_dot_product_attention(sq, sk, sv, is_causal=True, enable_gqa=True)
         return F.scaled_dot_product_attention(sq, sk, sv, attn_mask=mask, enable_gqa=True)
 
+    def sdpa_flash():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(sq, sk, sv, is_causal=True, enable_gqa=True)
+
     paged()
     ref = sdpa().transpose(1, 2).reshape(s * n, shape.heads, -1)
     err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
     t_paged, t_sdpa = time_us(paged, device, False), time_us(sdpa, device, False)
+    t_flash = None
+    if mask is None:
+        try:
+            sdpa_flash()
+            t_flash = time_us(sdpa_flash, device, False)
+        except RuntimeError as e:  # no flash kernel for this device or shape
+            print(f"{shape}: SDPA flash failed: {str(e).splitlines()[0]}", file=sys.stderr)
     return {"shape": str(shape), "paged_us": t_paged, "sdpa_us": t_sdpa,
+            "sdpa_flash_us": t_flash,
             "paged_tflops": shape.flops / t_paged / 1e6, "sdpa_tflops": shape.flops / t_sdpa / 1e6,
-            "vs_sdpa": t_sdpa / t_paged, "rel_err_vs_sdpa": err}
+            "sdpa_flash_tflops": shape.flops / t_flash / 1e6 if t_flash else None,
+            "vs_sdpa": t_sdpa / t_paged, "vs_sdpa_flash": t_flash / t_paged if t_flash else None,
+            "rel_err_vs_sdpa": err}
 
 
 def main(argv=None) -> None:
@@ -127,11 +145,15 @@ def main(argv=None) -> None:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# {date}  {device}  torch {torch.__version__}  {torch.get_num_threads()} threads, "
           f"{_C.cpu_isa()} CPU kernels")
-    print(f"{'shape':<44}{'paged us':>11}{'sdpa us':>11}{'paged TFLOP/s':>15}"
-          f"{'sdpa TFLOP/s':>14}{'vs sdpa':>9}")
+    print(f"{'shape':<44}{'paged us':>9}{'sdpa us':>9}{'flash us':>9}{'paged TFLOP/s':>14}"
+          f"{'sdpa':>8}{'flash':>8}{'vs sdpa':>9}{'vs flash':>9}")
     for r in rows:
-        print(f"{r['shape']:<44}{r['paged_us']:>11.0f}{r['sdpa_us']:>11.0f}"
-              f"{r['paged_tflops']:>15.3f}{r['sdpa_tflops']:>14.3f}{r['vs_sdpa']:>8.2f}x")
+        flash = r["sdpa_flash_us"] is not None
+        print(f"{r['shape']:<44}{r['paged_us']:>9.0f}{r['sdpa_us']:>9.0f}"
+              + (f"{r['sdpa_flash_us']:>9.0f}" if flash else f"{'-':>9}")
+              + f"{r['paged_tflops']:>14.3f}{r['sdpa_tflops']:>8.1f}"
+              + (f"{r['sdpa_flash_tflops']:>8.3f}" if flash else f"{'-':>8}")
+              + f"{r['vs_sdpa']:>8.2f}x" + (f"{r['vs_sdpa_flash']:>8.2f}x" if flash else f"{'-':>9}"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": date, "device": device, "command": " ".join(sys.argv),
