@@ -151,7 +151,7 @@ def main(argv=None) -> None:
         flash = r["sdpa_flash_us"] is not None
         print(f"{r['shape']:<44}{r['paged_us']:>9.0f}{r['sdpa_us']:>9.0f}"
               + (f"{r['sdpa_flash_us']:>9.0f}" if flash else f"{'-':>9}")
-              + f"{r['paged_tflops']:>14.3f}{r['sdpa_tflops']:>8.1f}"
+              + f"{r['paged_tflops']:>14.3f}{r['sdpa_tflops']:>8.3f}"
               + (f"{r['sdpa_flash_tflops']:>8.3f}" if flash else f"{'-':>8}")
               + f"{r['vs_sdpa']:>8.2f}x" + (f"{r['vs_sdpa_flash']:>8.2f}x" if flash else f"{'-':>9}"))
     if args.json:
