@@ -47,17 +47,28 @@ struct PrefillTraits {
   static constexpr int kSmemBytes = kSmemFloats * sizeof(float);
 };
 
-struct PrefillParams {
-  void* out;
-  const void* query;
-  PagedKV kv;
-  const int32_t* query_start_loc;
-  // Strides in elements.
-  int64_t out_token_stride, out_head_stride;
-  int64_t q_token_stride, q_head_stride;
-  int num_seqs, group_size, block_size;
+struct PrefillParams : PrefillArgs {
   float scale;
 };
+
+PrefillArgs make_prefill_args(const PagedAttentionDims& d, const at::Tensor& out,
+                              const at::Tensor& query, const at::Tensor& key_cache,
+                              const at::Tensor& value_cache, const at::Tensor& block_tables,
+                              const at::Tensor& context_lens, const at::Tensor& query_start_loc) {
+  PrefillArgs a{};
+  a.out = out.data_ptr();
+  a.query = query.data_ptr();
+  a.kv = make_paged_kv(key_cache, value_cache, block_tables, context_lens);
+  a.query_start_loc = query_start_loc.data_ptr<int32_t>();
+  a.out_token_stride = out.stride(0);
+  a.out_head_stride = out.stride(1);
+  a.q_token_stride = query.stride(0);
+  a.q_head_stride = query.stride(1);
+  a.num_seqs = static_cast<int>(d.num_seqs);
+  a.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
+  a.block_size = static_cast<int>(d.block_size);
+  return a;
+}
 
 template <typename query_t, typename cache_t, int HEAD_SIZE>
 __global__ void __launch_bounds__(kThreads) paged_prefill_kernel(const PrefillParams p) {
@@ -266,17 +277,8 @@ void launch_tensor_cores(const PagedAttentionDims& d, const at::Tensor& out,
                          const at::Tensor& context_lens, const at::Tensor& query_start_loc,
                          double scale, cudaStream_t stream) {
   PrefillTcParams p{};
-  p.out = out.data_ptr();
-  p.query = query.data_ptr();
-  p.kv = make_paged_kv(key_cache, value_cache, block_tables, context_lens);
-  p.query_start_loc = query_start_loc.data_ptr<int32_t>();
-  p.out_token_stride = out.stride(0);
-  p.out_head_stride = out.stride(1);
-  p.q_token_stride = query.stride(0);
-  p.q_head_stride = query.stride(1);
-  p.num_seqs = static_cast<int>(d.num_seqs);
-  p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
-  p.block_size = static_cast<int>(d.block_size);
+  static_cast<PrefillArgs&>(p) = make_prefill_args(d, out, query, key_cache, value_cache,
+                                                   block_tables, context_lens, query_start_loc);
   p.block_shift = (d.block_size & (d.block_size - 1)) == 0 ? __builtin_ctzll(d.block_size) : -1;
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   const int64_t num_tokens = query.size(0);
@@ -307,17 +309,8 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
     return;
   }
   PrefillParams p{};
-  p.out = out.data_ptr();
-  p.query = query.data_ptr();
-  p.kv = make_paged_kv(key_cache, value_cache, block_tables, context_lens);
-  p.query_start_loc = query_start_loc.data_ptr<int32_t>();
-  p.out_token_stride = out.stride(0);
-  p.out_head_stride = out.stride(1);
-  p.q_token_stride = query.stride(0);
-  p.q_head_stride = query.stride(1);
-  p.num_seqs = static_cast<int>(d.num_seqs);
-  p.group_size = static_cast<int>(d.num_heads / d.num_kv_heads);
-  p.block_size = static_cast<int>(d.block_size);
+  static_cast<PrefillArgs&>(p) = make_prefill_args(d, out, query, key_cache, value_cache,
+                                                   block_tables, context_lens, query_start_loc);
   p.scale = static_cast<float>(scale);
 
   switch (key_cache.scalar_type()) {

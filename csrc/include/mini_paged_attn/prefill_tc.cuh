@@ -23,7 +23,8 @@
 
 namespace mini_paged_attn::cuda {
 
-struct PrefillTcParams {
+// What both CUDA prefill kernels are given.
+struct PrefillArgs {
   void* out;
   const void* query;
   PagedKV kv;
@@ -31,6 +32,9 @@ struct PrefillTcParams {
   int64_t out_token_stride, out_head_stride;  // elements
   int64_t q_token_stride, q_head_stride;
   int num_seqs, group_size, block_size;
+};
+
+struct PrefillTcParams : PrefillArgs {
   int block_shift;      // log2(block_size), or -1 when it is not a power of two
   // The CTA's rows, set by the launcher for its head size:
   int heads_per_cta;    // query heads of one group in a CTA's rows
