@@ -9,6 +9,8 @@ its errors. It moves no KV data: calls that need blocks copied return a
 """
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Mapping
 from typing import Hashable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -22,6 +24,16 @@ from .checks import non_negative, positive
 TokenIds = Optional[Union[Sequence[int], torch.Tensor]]
 
 
+def _locked(method):
+    """Runs ``method`` under the tables' lock: the row map and the C++ tables
+    change together, whichever threads call."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 class BlockTables(Mapping):
     """The block table of every live sequence: ``tables[seq_id]`` is its list of
     block ids, token ``p`` living in block ``tables[seq_id][p // block_size]``.
@@ -32,8 +44,11 @@ class BlockTables(Mapping):
     block is no cache entry, otherwise the block is copied first. Each
     sequence has a row of ``block_table`` (int32 ``[num_sequences,
     max_blocks_per_seq]``) and ``context_lens`` (int32), host tensors updated in
-    place; they mirror the C++ state, so writing into them changes nothing. Every call is all or nothing: ``MemoryError`` when blocks or rows
-    run out, ``ValueError`` / ``KeyError`` / ``TypeError`` for bad arguments.
+    place; they mirror the C++ state, so writing into them changes nothing.
+    Every call is all or nothing: ``MemoryError`` when blocks or rows run out,
+    ``ValueError`` / ``KeyError`` / ``TypeError`` for bad arguments. Thread-safe
+    like ``BlockManager``: each call runs under one lock. The blocks it holds
+    for its sequences cannot be released with ``block_manager.free``.
     """
 
     def __init__(self, block_manager: BlockManager, num_sequences: int,
@@ -50,13 +65,16 @@ class BlockTables(Mapping):
         self.block_table: torch.Tensor = self.cpp_tables.block_table
         self.context_lens: torch.Tensor = self.cpp_tables.context_lens
         self._rows: dict = {}
+        self._lock = threading.RLock()
 
     # -- Mapping[seq_id, List[int]] ---------------------------------------------------
+    @_locked
     def __getitem__(self, seq_id: Hashable) -> List[int]:
         return self.cpp_tables.blocks(self.row_of(seq_id))
 
+    @_locked
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(self._rows)
+        return iter(list(self._rows))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -71,6 +89,7 @@ class BlockTables(Mapping):
         except KeyError:
             raise KeyError(f"unknown seq_id {seq_id!r}") from None
 
+    @_locked
     def seq_len(self, seq_id: Hashable) -> int:
         return self.cpp_tables.seq_len(self.row_of(seq_id))
 
@@ -79,6 +98,7 @@ class BlockTables(Mapping):
             raise ValueError(f"seq_id {seq_id!r} is already present")
 
     # -- growing and sharing ------------------------------------------------------------
+    @_locked
     def add_sequence(self, seq_id: Hashable, seq_len: int, token_ids: TokenIds = None) -> int:
         """Registers ``seq_id`` with room for ``seq_len`` tokens in the lowest free
         row. Given its ``token_ids``, the leading full blocks already in the prefix
@@ -90,6 +110,7 @@ class BlockTables(Mapping):
         self._rows[seq_id] = row
         return num_cached
 
+    @_locked
     def fork(self, parent_seq_id: Hashable, child_seq_id: Hashable) -> None:
         """``child_seq_id`` shares every block of ``parent_seq_id``: ref counts go
         up, nothing is copied or allocated."""
@@ -97,6 +118,7 @@ class BlockTables(Mapping):
         self._check_new(child_seq_id)
         self._rows[child_seq_id] = self.cpp_tables.fork(parent_row)
 
+    @_locked
     def append_slots(self, seq_id: Hashable, num_tokens: int = 1,
                      token_ids: TokenIds = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Grows ``seq_id`` by ``num_tokens`` (with their ``token_ids``, if known).
@@ -105,6 +127,7 @@ class BlockTables(Mapping):
         return self.cpp_tables.append(self.row_of(seq_id), non_negative("num_tokens", num_tokens),
                                       token_ids)
 
+    @_locked
     def decode_step(self, seq_ids: Optional[Sequence[Hashable]] = None,
                     token_ids: TokenIds = None
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,12 +150,14 @@ class BlockTables(Mapping):
                 raise KeyError(f"unknown seq_id {e.args[0]!r}") from None
         return self.cpp_tables.decode_step(rows, token_ids)
 
+    @_locked
     def free_sequence(self, seq_id: Hashable) -> None:
         """Releases the sequence's blocks, last block first, and its row."""
         self.cpp_tables.free(self.row_of(seq_id))
         del self._rows[seq_id]
 
     # -- writing ------------------------------------------------------------------------
+    @_locked
     def make_writable(self, seq_id: Hashable, start: int, num_tokens: int) -> torch.Tensor:
         """Gives ``seq_id`` its own copy of every block holding positions
         ``start .. start + num_tokens - 1`` that it may not write in place;
@@ -140,6 +165,7 @@ class BlockTables(Mapping):
         return self.cpp_tables.make_writable(self.row_of(seq_id), non_negative("start", start),
                                              non_negative("num_tokens", num_tokens))
 
+    @_locked
     def mark_written(self, seq_id: Hashable, start: int, num_tokens: int) -> None:
         """Records that positions ``start .. start + num_tokens - 1`` now hold
         their K/V. A full block whose token ids are known becomes a prefix-cache
@@ -147,6 +173,7 @@ class BlockTables(Mapping):
         self.cpp_tables.mark_written(self.row_of(seq_id), non_negative("start", start),
                                      non_negative("num_tokens", num_tokens))
 
+    @_locked
     def slot_mapping(self, seq_id: Hashable, start: int, num_tokens: int) -> torch.Tensor:
         """int64 slots (``block * block_size + offset``) of positions
         ``start .. start + num_tokens - 1`` of ``seq_id``."""
@@ -154,6 +181,7 @@ class BlockTables(Mapping):
                                             non_negative("num_tokens", num_tokens))
 
     # -- scheduling -----------------------------------------------------------------------
+    @_locked
     def can_allocate(self, seq_id: Optional[Hashable] = None,
                      num_tokens: Optional[int] = None) -> bool:
         """Whether ``seq_id`` can grow by ``num_tokens`` (default 1, counting a

@@ -237,3 +237,72 @@ def test_a_huge_append_is_refused_before_anything_changes():
         with pytest.raises(ValueError, match="max_blocks_per_seq"):
             tables.append_slots("a", n)
         assert (tables.seq_len("a"), tables["a"], bm.num_free_blocks) == before
+
+
+def test_block_manager_cannot_free_blocks_a_table_holds():
+    t = _tables()
+    t.add_sequence("a", 6)
+    bm, (b0, b1) = t.block_manager, t["a"]
+    before = _state(t)
+    with pytest.raises(RuntimeError, match="belong to block tables"):
+        bm.free(b0)
+    with pytest.raises(RuntimeError, match="belong to block tables"):
+        bm.free_blocks([b1])
+    after = _state(t)
+    assert before[0] == after[0] and before[3:] == after[3:]
+    assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2])
+    # A reference taken through the manager is the caller's to drop.
+    bm.increase_ref_count(b0)
+    bm.free(b0)
+    with pytest.raises(RuntimeError, match="belong to block tables"):
+        bm.free(b0)
+    t.free_sequence("a")
+    assert bm.num_free_blocks == bm.num_blocks
+
+
+def test_threads_share_one_block_tables():
+    import random
+    import sys
+    import threading
+
+    t = _tables(num_blocks=64, num_sequences=16, max_blocks_per_seq=8)
+    errors = []
+
+    def worker(w):
+        # Threads race on the same few ids: two may add, fork or free one at once.
+        rng = random.Random(w)
+        try:
+            for _ in range(2000):
+                a, b = rng.sample(range(6), 2)
+                try:
+                    op = rng.randrange(4)
+                    if op == 0:
+                        t.add_sequence(a, rng.randrange(9))
+                    elif op == 1:
+                        t.fork(a, b)
+                    elif op == 2:
+                        t.decode_step([a])
+                    else:
+                        t.free_sequence(a)
+                except (KeyError, ValueError, MemoryError):
+                    pass
+        except Exception as e:  # reported below: a thread's exception is otherwise lost
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors
+    assert len(t) == int((t.context_lens > 0).sum()) + sum(t.seq_len(s) == 0 for s in t)
+    for s in list(t):
+        t.free_sequence(s)
+    bm = t.block_manager
+    assert len(t) == 0 and bm.num_free_blocks == bm.num_blocks
+    assert t.context_lens.tolist() == [0] * 16

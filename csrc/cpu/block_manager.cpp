@@ -10,6 +10,7 @@ BlockManager::BlockManager(int64_t num_blocks) {
                                 std::to_string(num_blocks));
   }
   ref_count_.assign(num_blocks, 0);
+  table_refs_.assign(num_blocks, 0);
   hash_.assign(num_blocks, 0);
   has_hash_.assign(num_blocks, 0);
   prev_.assign(num_blocks + 1, num_blocks);
@@ -89,14 +90,19 @@ std::vector<int64_t> BlockManager::allocate_blocks(int64_t n) {
 
 std::pair<std::vector<int64_t>, int64_t> BlockManager::allocate_with_prefix(
     int64_t n, const std::vector<uint64_t>& block_hashes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return allocate_with_prefix_locked(n, block_hashes);
+}
+
+std::pair<std::vector<int64_t>, int64_t> BlockManager::allocate_with_prefix_locked(
+    int64_t n, const std::vector<uint64_t>& block_hashes) {
   if (n < 0) throw std::invalid_argument("n must be >= 0, got " + std::to_string(n));
   if (static_cast<int64_t>(block_hashes.size()) > n) {
     throw std::invalid_argument("got " + std::to_string(block_hashes.size()) +
                                 " block_hashes for n = " + std::to_string(n) + " blocks");
   }
-  std::lock_guard<std::mutex> lock(mutex_);
   std::vector<int64_t> blocks;
-  blocks.reserve(n);
+  blocks.reserve(std::min(n, num_blocks()));  // a huge n fails below, not in reserve
   std::vector<int64_t> revived;  // evictable hits: they leave the available pool
   for (uint64_t h : block_hashes) {
     const auto it = hash_to_block_.find(h);
@@ -131,13 +137,19 @@ void BlockManager::free_blocks(const std::vector<int64_t>& block_ids) {
   std::unordered_map<int64_t, int32_t> drops;
   for (int64_t b : block_ids) {
     check_index(b);
-    if (++drops[b] > ref_count_[b]) {
-      throw std::logic_error(
-          ref_count_[b] == 0
-              ? "double free: block " + std::to_string(b) + " is already free" +
-                    (has_hash_[b] ? " (cached, evictable)" : "")
-              : "double free: block " + std::to_string(b) + " has only " +
-                    std::to_string(ref_count_[b]) + " reference(s)");
+    if (++drops[b] > ref_count_[b] - table_refs_[b]) {
+      if (ref_count_[b] == 0) {
+        throw std::logic_error("double free: block " + std::to_string(b) + " is already free" +
+                               (has_hash_[b] ? " (cached, evictable)" : ""));
+      }
+      if (drops[b] > ref_count_[b]) {
+        throw std::logic_error("double free: block " + std::to_string(b) + " has only " +
+                               std::to_string(ref_count_[b]) + " reference(s)");
+      }
+      throw std::logic_error("cannot free block " + std::to_string(b) + ": " +
+                             std::to_string(table_refs_[b]) + " of its " +
+                             std::to_string(ref_count_[b]) +
+                             " reference(s) belong to block tables (free their sequences)");
     }
   }
   for (int64_t b : block_ids) release_locked(b);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <string>
+#include <tuple>
 
 #include "mini_paged_attn/block_hash.h"
 
@@ -137,7 +138,13 @@ std::pair<int64_t, int64_t> BlockTables::add(int64_t seq_len, const TokenIds& to
       hashes.push_back(h);
     }
   }
-  const auto [blocks, num_cached] = bm_.allocate_with_prefix(num_blocks_for(seq_len), hashes);
+  std::vector<int64_t> blocks;
+  int64_t num_cached = 0;
+  {
+    std::lock_guard<std::mutex> lock(bm_.mutex_);
+    std::tie(blocks, num_cached) = bm_.allocate_with_prefix_locked(num_blocks_for(seq_len), hashes);
+    for (int64_t b : blocks) ++bm_.table_refs_[b];
+  }
   const int64_t row = take_free_row();
   Row& r = rows_[row];
   r.len = seq_len;
@@ -164,7 +171,7 @@ int64_t BlockTables::fork(int64_t parent_row) {
   std::copy(table_row(parent_row), table_row(parent_row) + n, table_row(child));
   publish(child, 0, n);
   std::lock_guard<std::mutex> lock(bm_.mutex_);
-  for (int64_t i = 0; i < n; ++i) ++bm_.ref_count_[table_row(child)[i]];
+  for (int64_t i = 0; i < n; ++i) bm_.share_for_table_locked(table_row(child)[i]);
   return child;
 }
 
@@ -172,7 +179,7 @@ void BlockTables::free(int64_t row) {
   const int64_t n = num_blocks_for(live_row(row).len);
   {
     std::lock_guard<std::mutex> lock(bm_.mutex_);
-    for (int64_t i = n - 1; i >= 0; --i) bm_.release_locked(table_row(row)[i]);
+    for (int64_t i = n - 1; i >= 0; --i) bm_.release_from_table_locked(table_row(row)[i]);
   }
   std::fill(table_row(row), table_row(row) + n, 0);
   rows_[row] = Row();
@@ -188,8 +195,8 @@ int64_t BlockTables::blocks_to_append_locked(int64_t row, int64_t n) const {
 }
 
 void BlockTables::copy_on_write_locked(int64_t row, int64_t i, std::vector<int64_t>& copies) {
-  const int64_t src = table_row(row)[i], dst = bm_.take_locked();
-  bm_.release_locked(src);
+  const int64_t src = table_row(row)[i], dst = bm_.take_for_table_locked();
+  bm_.release_from_table_locked(src);
   table_row(row)[i] = static_cast<int32_t>(dst);
   publish(row, i, i + 1);
   copies.push_back(src);
@@ -207,7 +214,7 @@ bool BlockTables::grow_locked(int64_t row, int64_t n, const int64_t* token_ids,
   }
   const int64_t first_new = num_blocks_for(r.len), end_new = num_blocks_for(r.len + n);
   for (int64_t i = first_new; i < end_new; ++i) {
-    table_row(row)[i] = static_cast<int32_t>(bm_.take_locked());
+    table_row(row)[i] = static_cast<int32_t>(bm_.take_for_table_locked());
     changed = true;
   }
   if (token_ids && static_cast<int64_t>(r.token_ids.size()) == r.len) {

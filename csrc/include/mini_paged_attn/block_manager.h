@@ -8,6 +8,10 @@
 //   evictable  ref_count 0, registered under a content hash, on the LRU list:
 //              its KV data is kept until allocation needs the block;
 //   used       ref_count >= 1 (with or without a hash).
+//
+// References a BlockTables holds for its sequences are counted apart
+// (table_refs_): free and free_blocks drop only the others, so a caller
+// cannot release a block under a table that still maps it.
 #pragma once
 
 #include <cstdint>
@@ -57,10 +61,10 @@ class BlockManager {
   // Drops one reference; at ref_count 0 a registered block becomes the most
   // recently freed evictable block, any other returns to the free list.
   // std::out_of_range for a bad index, std::logic_error for a block with no
-  // reference (free or evictable).
+  // reference (free or evictable) or whose references all belong to block tables.
   void free(int64_t block_idx);
   // All-or-nothing: validated as a whole (a block listed k times must hold
-  // at least k references) before any reference is dropped, in list order.
+  // at least k references besides its tables') before any is dropped, in list order.
   void free_blocks(const std::vector<int64_t>& block_ids);
   // Shares a used block (copy-on-write forks); std::logic_error if it has no
   // reference (an evictable block is revived by lookup, not shared).
@@ -96,6 +100,22 @@ class BlockManager {
   // Precondition: num_available_locked() > 0.
   int64_t take_locked();
   void release_locked(int64_t block_idx);
+  std::pair<std::vector<int64_t>, int64_t> allocate_with_prefix_locked(
+      int64_t n, const std::vector<uint64_t>& block_hashes);
+  // A block table's references: taken, shared and dropped.
+  int64_t take_for_table_locked() {
+    const int64_t b = take_locked();
+    ++table_refs_[b];
+    return b;
+  }
+  void share_for_table_locked(int64_t block_idx) {
+    ++ref_count_[block_idx];
+    ++table_refs_[block_idx];
+  }
+  void release_from_table_locked(int64_t block_idx) {
+    --table_refs_[block_idx];
+    release_locked(block_idx);
+  }
   bool writable_locked(int64_t block_idx) const {
     return ref_count_[block_idx] == 1 && !has_hash_[block_idx];
   }
@@ -105,6 +125,7 @@ class BlockManager {
 
   mutable std::mutex mutex_;
   std::vector<int32_t> ref_count_;
+  std::vector<int32_t> table_refs_;  // the part of ref_count_ that block tables hold
   // LIFO stack: recently freed blocks are reused first (warm in cache).
   std::vector<int64_t> free_list_;
   std::vector<uint64_t> hash_;
