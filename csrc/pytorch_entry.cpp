@@ -37,4 +37,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_cpu_isas", &cpu::supported_cpu_isas);
   m.def("check_block_mapping", &mini_paged_attn::check_block_mapping, py::arg("op"),
         py::arg("block_mapping"), py::arg("num_blocks"));
+  // The ops' metadata checks (shapes, dtypes, devices, layouts), run by their
+  // fake implementations too, so a traced or meta call fails as the real one would.
+  namespace mpa = mini_paged_attn;
+  m.def("check_paged_attention_args",
+        [](const std::string& op, const at::Tensor& out, const at::Tensor& query,
+           const at::Tensor& key_cache, const at::Tensor& value_cache,
+           const at::Tensor& block_tables, const at::Tensor& context_lens) {
+          mpa::check_paged_attention(op.c_str(), out, query, key_cache, value_cache, block_tables,
+                                     context_lens);
+        });
+  m.def("check_paged_prefill_attention_args",
+        [](const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
+           const at::Tensor& value_cache, const at::Tensor& block_tables,
+           const at::Tensor& context_lens, const at::Tensor& query_start_loc) {
+          mpa::check_paged_prefill_attention("paged_prefill_attention", out, query, key_cache,
+                                             value_cache, block_tables, context_lens,
+                                             query_start_loc);
+        });
+  m.def("check_reshape_and_cache_args", &mpa::check_reshape_and_cache);
+  m.def("check_copy_blocks_args", &mpa::check_copy_blocks);
+  m.def("check_sample_tokens_args", &mpa::check_sample_tokens);
 }

@@ -8,6 +8,7 @@ work eagerly, under ``torch.compile`` and inside CUDA graphs (``check=False``).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -187,45 +188,75 @@ def sample_tokens(
     return _ops.sample_tokens(logits, temperatures, min_scaled_logits, seeds, positions)
 
 
+# The fake (meta) implementations run the ops' C++ metadata checks, so a traced
+# call, or one mixing meta with real tensors (which dispatches here), fails as
+# the real op would instead of returning uninitialised memory; outputs have the
+# shape, dtype and strides the real ops give. With symbolic shapes (dynamic
+# tracing) the C++ checks cannot read sizes, and only the devices are compared.
+def _fake_check(op: str, check, *args) -> None:
+    tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])
+               if isinstance(t, torch.Tensor)]
+    if all(isinstance(x, int) for t in tensors for x in (*t.shape, *t.stride())):
+        check(*args)
+        return
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: tensors on different devices: {sorted(map(str, devices))}")
+
+
 @torch.library.register_fake("mini_paged_attn::sample_tokens")
 def _sample_tokens_fake(logits, temperatures, min_scaled_logits, seeds, positions):
+    _fake_check("sample_tokens", _C.check_sample_tokens_args, logits, temperatures,
+                min_scaled_logits, seeds, positions)
     rows = logits.size(0)
     return (logits.new_empty(rows, dtype=torch.int64), logits.new_empty(rows, dtype=torch.float32))
 
 
 @torch.library.register_fake("mini_paged_attn::paged_attention")
 def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_lens, scale):
+    _fake_check("paged_attention", functools.partial(_C.check_paged_attention_args,
+                                                     "paged_attention"),
+                query, query, key_cache, value_cache, block_tables, context_lens)
     return query.new_empty(query.shape)  # contiguous, as the op allocates it
 
 
 @torch.library.register_fake("mini_paged_attn::paged_attention_out")
 def _paged_attention_out_fake(out, query, key_cache, value_cache, block_tables, context_lens,
                               scale):
-    return None
+    _fake_check("paged_attention", functools.partial(_C.check_paged_attention_args,
+                                                     "paged_attention"),
+                out, query, key_cache, value_cache, block_tables, context_lens)
 
 
 @torch.library.register_fake("mini_paged_attn::paged_prefill_attention")
 def _paged_prefill_attention_fake(query, key_cache, value_cache, block_tables, context_lens,
                                   query_start_loc, scale):
+    _fake_check("paged_prefill_attention", _C.check_paged_prefill_attention_args, query, query,
+                key_cache, value_cache, block_tables, context_lens, query_start_loc)
     return query.new_empty(query.shape)  # contiguous, as the op allocates it
 
 
 @torch.library.register_fake("mini_paged_attn::paged_prefill_attention_out")
 def _paged_prefill_attention_out_fake(out, query, key_cache, value_cache, block_tables,
                                       context_lens, query_start_loc, scale):
-    return None
+    _fake_check("paged_prefill_attention", _C.check_paged_prefill_attention_args, out, query,
+                key_cache, value_cache, block_tables, context_lens, query_start_loc)
 
 
 @torch.library.register_fake("mini_paged_attn::paged_attention_v1")
 def _paged_attention_v1_fake(out, query, key_cache, value_cache, block_table, context_lens):
-    return None
+    _fake_check("paged_attention_v1", functools.partial(_C.check_paged_attention_args,
+                                                        "paged_attention_v1"),
+                out, query, key_cache, value_cache, block_table, context_lens)
 
 
 @torch.library.register_fake("mini_paged_attn::reshape_and_cache")
 def _reshape_and_cache_fake(key, value, key_cache, value_cache, slot_mapping):
-    return None
+    _fake_check("reshape_and_cache", _C.check_reshape_and_cache_args, key, value, key_cache,
+                value_cache, slot_mapping)
 
 
 @torch.library.register_fake("mini_paged_attn::copy_blocks")
 def _copy_blocks_fake(key_caches, value_caches, block_mapping):
-    return None
+    _fake_check("copy_blocks", _C.check_copy_blocks_args, key_caches, value_caches,
+                block_mapping)

@@ -241,3 +241,37 @@ def test_torch_compile(device):
 
     expected = ops.paged_attention(q * 2, k, v, tables, ctx) + 1
     assert torch.allclose(step(q, k, v, tables, ctx), expected)
+
+
+@pytest.mark.parametrize("name", ["query", "key_cache", "block_tables", "context_lens", "out"])
+def test_meta_mixed_with_real_tensors_is_refused(name):
+    # Any meta argument dispatches to the fake implementation, which must
+    # check devices as the real op does rather than return uninitialised memory.
+    q, k, v, tables, ctx = _case(11, "cpu", torch.float32, 8, 2, 64, 16, [20, 9])
+    args = dict(query=q, key_cache=k, value_cache=v, block_tables=tables, context_lens=ctx,
+                out=torch.zeros_like(q))
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match="meta"):
+        ops.paged_attention(**args, check=False)
+    with pytest.raises(ValueError, match="meta"):
+        ops.reshape_and_cache(q[:, :2], q[:, :2], k.to("meta"), v.to("meta"),
+                              torch.arange(q.size(0)))
+
+
+def test_all_meta_gives_shapes():
+    q, k, v, tables, ctx = (t.to("meta") for t in _case(12, "cpu", torch.float32, 8, 2, 64, 16,
+                                                        [20, 9]))
+    out = ops.paged_attention(q, k, v, tables, ctx, check=False)
+    assert out.device.type == "meta" and out.shape == q.shape
+
+
+def test_traced_calls_run_the_real_checks():
+    # Under torch.compile the fake implementation sees a bad head count first.
+    q, k, v, tables, ctx = _case(13, "cpu", torch.float32, 8, 2, 64, 16, [20, 9])
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(q):
+        return ops.paged_attention(q[:, :5], k, v, tables, ctx, check=False)
+
+    with pytest.raises(Exception, match="num_heads"):
+        step(q)
