@@ -13,6 +13,7 @@ from .engine.kv_cache import KVCache
 from .engine.llm_engine import LLMEngine
 from .engine.memory import check_kv_budget
 from .engine.paged_kv_cache import PagedKVCache
+from .engine.prompts import prompt_list, token_ids
 from .engine.slotted_kv_cache import SlottedKVCache
 from .model.config import ModelConfig
 from .model.loader import load_model
@@ -39,13 +40,13 @@ class LLM:
             prefilled in chunks.
         max_model_len: longest prompt + output (the model's context by default).
         seed: seed of random weights and of unseeded sampling.
+        enforce_eager: on a GPU, run decode steps eagerly instead of replaying
+            CUDA graphs (captured at start-up, one per batch-size bucket).
 
     ``generate`` and ``beam_search`` are serialised by a lock (a second thread
     waits for the first) and are exception-safe: if anything raises during a
     call, ``KeyboardInterrupt`` included, that call's requests are aborted and
     the engine is idle and usable again.
-        enforce_eager: on a GPU, run decode steps eagerly instead of replaying
-            CUDA graphs (captured at start-up, one per batch-size bucket).
     """
 
     def __init__(self, model: Union[str, ModelConfig, None] = None,
@@ -92,11 +93,10 @@ class LLM:
     def generate(self, prompts: Union[List[int], Sequence[List[int]]],
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
                  ) -> List[RequestOutput]:
-        """Completes every prompt (a list of token ids, or a list of them); one
-        ``RequestOutput`` per prompt, in order, ``outputs[j].token_ids`` holding
-        sample ``j``'s generated ids."""
-        if prompts and isinstance(prompts[0], int):
-            prompts = [prompts]
+        """Completes every prompt (token ids: a list, tuple, 1-D tensor or
+        array; or a list of them); one ``RequestOutput`` per prompt, in order,
+        ``outputs[j].token_ids`` holding sample ``j``'s generated ids."""
+        prompts = prompt_list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
@@ -108,7 +108,7 @@ class LLM:
             requests = []
             try:
                 for p, sp in zip(prompts, sampling_params):
-                    requests.append(self.engine.add_request(list(p), sp))
+                    requests.append(self.engine.add_request(p, sp))
                 while self.engine.has_unfinished:
                     self.engine.step()
             except BaseException:
@@ -132,7 +132,8 @@ class LLM:
             if self.engine.has_unfinished:
                 raise RuntimeError("beam_search needs an idle engine")
             try:
-                return beam_search(self.engine, list(prompt), beam_width, max_tokens,
+                prompt = token_ids(prompt, self.engine.model.config.vocab_size)
+                return beam_search(self.engine, prompt, beam_width, max_tokens,
                                    float(length_penalty), stop)
             except BaseException:
                 self.engine.abort_all()  # the engine was idle: everything is this call's

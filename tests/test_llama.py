@@ -85,6 +85,13 @@ def test_config_from_transformers_4_layout():
     (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope_type"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(model_type="gpt2"), "model_type"),
+    (dict(num_key_value_heads=0), "num_key_value_heads"),
+    (dict(head_dim=0), "head_dim"),
+    (dict(hidden_size=2), "head_dim"),  # 2 // 4 heads
+    (dict(rms_norm_eps=-1.0), "rms_norm_eps"),
+    (dict(rope_theta=float("nan")), "rope_theta"),
+    (dict(torch_dtype="float17"), "dtype"),
+    (dict(torch_dtype="nn"), "dtype"),
 ])
 def test_config_errors(change, match):
     base = dict(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
@@ -111,3 +118,35 @@ def test_loader_reports_mismatched_checkpoints(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(str(tmp_path / "nowhere"))
+
+
+def test_malformed_files_are_named(tmp_path):
+    _save(tmp_path)
+    config = tmp_path / "config.json"
+    good = config.read_text()
+    config.write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_model(str(tmp_path))
+    config.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json must hold a JSON object"):
+        load_model(str(tmp_path))
+    config.write_text(json.dumps({**json.loads(good), "num_key_value_heads": 0}))
+    with pytest.raises(ValueError, match="config.json: num_key_value_heads"):
+        load_model(str(tmp_path))
+    config.write_text(good)
+    weights = next(tmp_path.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"cannot read .*{weights.name}"):
+        load_model(str(tmp_path))
+
+
+def test_non_finite_weights_warn(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _save(tmp_path)
+    path = next(tmp_path.glob("*.safetensors"))
+    tensors = load_file(str(path))
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.warns(RuntimeWarning, match="model.norm.weight .*non-finite"):
+        load_model(str(tmp_path))

@@ -13,6 +13,7 @@ from .host_to_device import to_device
 from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .overlap import OverlappedDecoder
+from .prompts import token_ids
 from .request import Request
 from .sampler import Sampler, sample_seed
 from .scheduler import Scheduler
@@ -64,10 +65,7 @@ class LLMEngine:
         """Queues a prompt. With ``sampling_params`` the engine samples its
         tokens; without (beam search), ``max_tokens``, ``stop_token_ids`` and
         ``num_seqs`` are given and the caller picks tokens from ``seq.logprobs``."""
-        vocab = self.model.config.vocab_size
-        if (not isinstance(prompt_token_ids, (list, tuple)) or not prompt_token_ids
-                or not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_token_ids)):
-            raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})")
+        prompt_token_ids = token_ids(prompt_token_ids, self.model.config.vocab_size)
         if sampling_params is not None:
             p = sampling_params
             max_tokens, num_seqs = p.max_tokens, p.n
@@ -79,7 +77,7 @@ class LLMEngine:
         if num_seqs > self.scheduler.max_num_seqs:
             raise ValueError(f"a request of {num_seqs} sequences exceeds max_num_seqs="
                              f"{self.scheduler.max_num_seqs}")
-        request = Request(self._next_request_id, list(prompt_token_ids), sampling_params,
+        request = Request(self._next_request_id, prompt_token_ids, sampling_params,
                           max_tokens, stop_token_ids, num_seqs)
         self._next_request_id += 1
         if sampling_params is not None:

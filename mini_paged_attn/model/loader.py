@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import warnings
 from typing import Dict, Optional, Set, Tuple, Union
 
 import torch
@@ -51,7 +52,11 @@ def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
     tied = model.config.tie_word_embeddings
     with torch.no_grad():
         for path in files:
-            for name, tensor in load_file(path).items():
+            try:
+                tensors = load_file(path)
+            except Exception as e:  # safetensors' own errors name neither file nor cause well
+                raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+            for name, tensor in tensors.items():
                 if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
                     continue  # recomputed, or shared with embed_tokens
                 target, rows = _target(model, name)
@@ -62,6 +67,9 @@ def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
                 if dst.shape != tensor.shape:
                     raise ValueError(f"{name} in {path} has shape {tuple(tensor.shape)}, the model "
                                      f"expects {tuple(dst.shape)}")
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    warnings.warn(f"{name} in {path} holds non-finite values (NaN or inf)",
+                                  RuntimeWarning, stacklevel=2)
                 dst.copy_(tensor)
                 filled[target] = filled.get(target, 0) + dst.numel()
     missing = sorted(n for n, p in params.items() if filled.get(n, 0) != p.numel()
