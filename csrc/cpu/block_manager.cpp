@@ -1,6 +1,7 @@
 #include "mini_paged_attn/block_manager.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace mini_paged_attn {
 
@@ -9,13 +10,22 @@ BlockManager::BlockManager(int64_t num_blocks) {
     throw std::invalid_argument("num_blocks must be a positive integer, got " +
                                 std::to_string(num_blocks));
   }
-  ref_count_.assign(num_blocks, 0);
-  table_refs_.assign(num_blocks, 0);
-  hash_.assign(num_blocks, 0);
-  has_hash_.assign(num_blocks, 0);
-  prev_.assign(num_blocks + 1, num_blocks);
-  next_.assign(num_blocks + 1, num_blocks);
-  free_list_.reserve(num_blocks);
+  if (num_blocks > std::numeric_limits<int32_t>::max()) {
+    throw std::invalid_argument("num_blocks must be at most 2^31 - 1 (block tables hold int32 "
+                                "ids), got " + std::to_string(num_blocks));
+  }
+  try {
+    ref_count_.assign(num_blocks, 0);
+    table_refs_.assign(num_blocks, 0);
+    hash_.assign(num_blocks, 0);
+    has_hash_.assign(num_blocks, 0);
+    prev_.assign(num_blocks + 1, num_blocks);
+    next_.assign(num_blocks + 1, num_blocks);
+    free_list_.reserve(num_blocks);
+  } catch (const std::bad_alloc&) {
+    throw OutOfBlocksError("not enough host memory for the bookkeeping of num_blocks = " +
+                           std::to_string(num_blocks) + " blocks");
+  }
   // Pushed in reverse so that allocation hands out 0, 1, 2, ... first.
   for (int64_t i = num_blocks - 1; i >= 0; --i) free_list_.push_back(i);
 }

@@ -37,6 +37,12 @@ void check_non_negative(const char* name, int64_t value) {
 
 }  // namespace
 
+[[noreturn]] static void throw_no_memory(int64_t num_rows, int64_t max_blocks_per_seq) {
+  throw OutOfBlocksError("not enough host memory for block tables of num_rows x "
+                         "max_blocks_per_seq = " + std::to_string(num_rows) + " x " +
+                         std::to_string(max_blocks_per_seq) + " entries");
+}
+
 BlockTables::BlockTables(std::shared_ptr<BlockManager> block_manager, int64_t num_rows,
                          int64_t max_blocks_per_seq, int64_t block_size)
     : manager_(block_manager ? std::move(block_manager)
@@ -55,11 +61,21 @@ BlockTables::BlockTables(std::shared_ptr<BlockManager> block_manager, int64_t nu
         "max_blocks_per_seq * block_size must fit the int32 context_lens, got " +
         std::to_string(max_blocks_per_seq) + " * " + std::to_string(block_size));
   }
-  rows_.resize(num_rows);
-  for (int64_t r = 0; r < num_rows; ++r) free_rows_.insert(free_rows_.end(), r);
-  block_table_ = at::zeros({num_rows, max_blocks_per_seq}, at::kInt);
-  context_lens_ = at::zeros({num_rows}, at::kInt);
-  own_table_.assign(num_rows * max_blocks_per_seq, 0);
+  if (num_rows > std::numeric_limits<int32_t>::max()) {
+    throw std::invalid_argument("num_rows (num_sequences) must be at most 2^31 - 1, got " +
+                                std::to_string(num_rows));
+  }
+  try {
+    rows_.resize(num_rows);
+    for (int64_t r = 0; r < num_rows; ++r) free_rows_.insert(free_rows_.end(), r);
+    block_table_ = at::zeros({num_rows, max_blocks_per_seq}, at::kInt);
+    context_lens_ = at::zeros({num_rows}, at::kInt);
+    own_table_.assign(num_rows * max_blocks_per_seq, 0);
+  } catch (const std::bad_alloc&) {
+    throw_no_memory(num_rows, max_blocks_per_seq);
+  } catch (const c10::Error&) {  // torch's allocator reports a failed allocation so
+    throw_no_memory(num_rows, max_blocks_per_seq);
+  }
   table_ = own_table_.data();
   mirror_ = block_table_.data_ptr<int32_t>();
   lens_ = context_lens_.data_ptr<int32_t>();
