@@ -228,6 +228,13 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.mini_paged_attn.reshape_and_cache,
                           (key, key.clone(), k.clone(), v.clone(),
                            torch.tensor([0, 5, -1], device=device)))
+    # Key and value as views of one fused [tokens, 2, kv_heads, head_size] projection.
+    kv = torch.randn(3, 2, 2, 64, device=device)
+    torch.library.opcheck(torch.ops.mini_paged_attn.reshape_and_cache,
+                          (kv[:, 0], kv[:, 1], k.clone(), v.clone(),
+                           torch.tensor([0, 5, -1], device=device)))
+    torch.library.opcheck(torch.ops.mini_paged_attn.paged_attention_out,
+                          (torch.empty_like(wide), wide, k, v, tables, ctx, 0.125))
     torch.library.opcheck(torch.ops.mini_paged_attn.copy_blocks,
                           ([k.clone()], [v.clone()], torch.tensor([[0, 1]], device=device)))
 

@@ -226,6 +226,13 @@ def test_opcheck_and_compile(device):
                           (q, k, v, tables, ctx, loc, 0.125))
     torch.library.opcheck(lib.paged_prefill_attention_out.default,
                           (torch.empty_like(q), q, k, v, tables, ctx, loc, 0.125))
+    # Strided query and out (every other head of wider tensors).
+    wide = torch.randn(q.size(0), 2 * q.size(1), q.size(2), device=q.device)
+    torch.library.opcheck(lib.paged_prefill_attention.default,
+                          (wide[:, ::2], k, v, tables, ctx, loc, 0.125))
+    torch.library.opcheck(lib.paged_prefill_attention_out.default,
+                          (torch.empty_like(wide)[:, 1::2], wide[:, ::2], k, v, tables, ctx, loc,
+                           0.125))
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(q):
