@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from ._C import PagedKVCacheConfig, StaticKVCacheConfig
+from .checks import check_int, positive
 from .config import kv_bytes_per_token, num_blocks_for
 from .engine.beam_search import beam_search
 from .engine.kv_cache import KVCache
@@ -34,7 +35,8 @@ class LLM:
             blocks; 256 MiB by default) or ``StaticKVCacheConfig`` (one
             contiguous slot of ``max_cache_len`` tokens per sequence).
         device: "cuda" when available, else "cpu", by default.
-        dtype: the model's and cache's dtype (the checkpoint's by default).
+        dtype: the model's and cache's dtype (a torch.dtype or its name; the
+            checkpoint's by default).
         max_num_seqs: sequences running at once.
         max_num_batched_tokens: tokens computed per step; longer prompts are
             prefilled in chunks.
@@ -55,15 +57,15 @@ class LLM:
                  dtype: Optional[torch.dtype] = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, max_model_len: Optional[int] = None,
                  seed: int = 0, enforce_eager: bool = False):
-        for name, value in (("max_num_seqs", max_num_seqs),
-                            ("max_num_batched_tokens", max_num_batched_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        max_num_seqs = positive("max_num_seqs", max_num_seqs)
+        max_num_batched_tokens = positive("max_num_batched_tokens", max_num_batched_tokens)
+        if max_model_len is not None:
+            max_model_len = positive("max_model_len", max_model_len)
+        seed = check_int("seed", seed)
         if not isinstance(enforce_eager, bool):
             raise TypeError(f"enforce_eager must be a bool, got {enforce_eager!r}")
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        dtype = _dtype(dtype)
+        device = _device(device)
         self.model = load_model(ModelConfig.tiny() if model is None else model, device, dtype,
                                 seed)
         config = self.model.config
@@ -138,6 +140,35 @@ class LLM:
             except BaseException:
                 self.engine.abort_all()  # the engine was idle: everything is this call's
                 raise
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float": torch.float32, "half": torch.float16}
+
+
+def _dtype(dtype) -> Optional[torch.dtype]:
+    """None (the checkpoint's), a float torch.dtype, or its name."""
+    if dtype is None or dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype must be None, float32, float16 or bfloat16 (a torch.dtype or its "
+                     f"name), got {dtype!r}")
+
+
+def _device(device) -> torch.device:
+    """The default device (cuda when available), or ``device`` if torch can use it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device: {e}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for, but torch sees no CUDA GPU")
+    return device
 
 
 def _kv_bytes(cache_config, dims, max_model_len: int) -> int:

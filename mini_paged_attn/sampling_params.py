@@ -1,9 +1,10 @@
 """SamplingParams: how the tokens of one request are chosen (vLLM's names)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from .checks import finite_real, is_int
 
 # Temperatures below this sample greedily.
 GREEDY_BELOW = 1e-5
@@ -33,29 +34,39 @@ class SamplingParams:
     seed: Optional[int] = None
 
     def __post_init__(self):
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
         if not is_int(self.n) or self.n < 1:
             raise ValueError(f"n must be an int >= 1, got {self.n!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got "
-                             f"{self.temperature!r}")
-        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) \
-                or not 0 < self.top_p <= 1:
+        self.n = int(self.n)
+        self.temperature = finite_real("temperature", self.temperature)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        self.top_p = finite_real("top_p", self.top_p)
+        if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not is_int(self.top_k) or self.top_k < -1:
             raise ValueError(f"top_k must be -1 (all), 0 (all) or a positive int, got "
                              f"{self.top_k!r}")
+        self.top_k = int(self.top_k)
         if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        if not all(is_int(t) and t >= 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be non-negative ints, got "
-                             f"{self.stop_token_ids!r}")
-        if self.seed is not None and not is_int(self.seed):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
-        self.stop_token_ids = list(self.stop_token_ids)
+        self.max_tokens = int(self.max_tokens)
+        if isinstance(self.stop_token_ids, (str, bytes)) or is_int(self.stop_token_ids):
+            raise TypeError(f"stop_token_ids must be a list of ints, got {self.stop_token_ids!r}")
+        try:
+            stop = list(self.stop_token_ids)
+        except TypeError:
+            raise TypeError(f"stop_token_ids must be a list of ints, got "
+                            f"{type(self.stop_token_ids).__name__}") from None
+        if not all(is_int(t) and t >= 0 for t in stop):
+            raise ValueError(f"stop_token_ids must be non-negative ints, got {stop!r}")
+        self.stop_token_ids = [int(t) for t in stop]
+        if not isinstance(self.ignore_eos, bool):
+            raise TypeError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        if self.seed is not None:
+            # The seed travels as an int64 next to the logits.
+            if not is_int(self.seed) or not -2**63 <= self.seed < 2**63:
+                raise ValueError(f"seed must be None or an int64, got {self.seed!r}")
+            self.seed = int(self.seed)
 
     @property
     def greedy(self) -> bool:

@@ -216,6 +216,12 @@ def test_bad_arguments(hf):
         LLM(path, device="cpu", max_num_seqs=0)
     with pytest.raises(TypeError, match="enforce_eager"):
         LLM(path, device="cpu", enforce_eager="no")
+    with pytest.raises(ValueError, match="dtype"):
+        LLM(path, device="cpu", dtype="float17")
+    with pytest.raises(ValueError, match="max_model_len"):
+        LLM(path, device="cpu", max_model_len=0)
+    with pytest.raises(ValueError, match="device"):
+        LLM(path, device="tpu")
     llm = LLM(path, PagedKVCacheConfig(64 * BLOCK_BYTES, BLOCK), device="cpu")
     with pytest.raises(ValueError, match="prompt"):
         llm.generate([[1, 2], [1, 2, 256]])

@@ -111,10 +111,31 @@ def test_temperature_extremes(device):
     (dict(temperature=True), "temperature"), (dict(top_p=float("nan")), "top_p"),
     (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(max_tokens=0), "max_tokens"),
     (dict(stop_token_ids=[-1]), "stop_token_ids"), (dict(seed="x"), "seed"),
+    (dict(seed=2**64), "seed"), (dict(stop_token_ids=[1.5]), "stop_token_ids"),
 ])
 def test_sampling_params_errors(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(stop_token_ids=5), "stop_token_ids"), (dict(stop_token_ids="ab"), "stop_token_ids"),
+    (dict(ignore_eos=1), "ignore_eos"),
+])
+def test_sampling_params_type_errors(kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_take_numpy_scalars():
+    import numpy as np
+
+    p = SamplingParams(n=np.int64(2), temperature=np.float32(0.5), top_p=np.float64(0.9),
+                       top_k=np.int32(4), max_tokens=np.int16(3), stop_token_ids=np.array([7]),
+                       seed=np.uint32(9))
+    assert (p.n, p.temperature, p.top_p, p.top_k, p.max_tokens, p.stop_token_ids, p.seed) == \
+        (2, 0.5, 0.9, 4, 3, [7], 9)
+    assert all(type(x) in (int, float) for x in (p.n, p.temperature, p.top_k, p.seed))
 
 
 def test_opcheck(device):
