@@ -13,12 +13,6 @@ void bind_cache_config(pybind11::module_& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "C++ core of mini_paged_attn: BlockManager, BlockTables and KV-cache configs";
-  m.attr("with_cuda") =
-#ifdef MINI_PAGED_ATTN_WITH_CUDA
-      true;
-#else
-      false;
-#endif
   mini_paged_attn::bind_block_manager(m);
   mini_paged_attn::bind_block_tables(m);
   mini_paged_attn::bind_cache_config(m);

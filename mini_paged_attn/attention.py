@@ -1,14 +1,14 @@
 """PagedAttention: the attention layer of a model served from a paged KV cache."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
 
 from .attention_metadata import AttentionMetadata
-from .ops import paged_attention, paged_prefill_attention, reshape_and_cache
+from .checks import positive
+from .ops import default_scale, paged_attention, paged_prefill_attention, reshape_and_cache
 
 
 class PagedAttention(nn.Module):
@@ -34,17 +34,15 @@ class PagedAttention(nn.Module):
                  scale: Optional[float] = None, check: bool = False):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        for name, value in (("num_heads", num_heads), ("head_size", head_size),
-                            ("num_kv_heads", num_kv_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        num_heads, head_size = positive("num_heads", num_heads), positive("head_size", head_size)
+        num_kv_heads = positive("num_kv_heads", num_kv_heads)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of "
                              f"num_kv_heads ({num_kv_heads})")
         self.num_heads = num_heads
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads
-        self.scale = 1.0 / math.sqrt(head_size) if scale is None else float(scale)
+        self.scale = default_scale(head_size) if scale is None else float(scale)
         self.check = check
         self.key_cache: Optional[torch.Tensor] = None
         self.value_cache: Optional[torch.Tensor] = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from . import _C
-from .checks import check_int
+from .checks import check_int, positive
 
 #: Parent hash of a sequence's first block in the chained prefix-cache keys.
 ROOT_BLOCK_HASH: int = _C.ROOT_BLOCK_HASH
@@ -39,9 +39,7 @@ class BlockManager:
     """
 
     def __init__(self, num_blocks: int):
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks <= 0:
-            raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
-        self.cpp_manager = _C.BlockManager(num_blocks)
+        self.cpp_manager = _C.BlockManager(positive("num_blocks", num_blocks))
 
     def allocate(self) -> int:
         """Takes a block (ref count 1). ``MemoryError`` when none is free or evictable."""

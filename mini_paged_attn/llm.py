@@ -126,9 +126,8 @@ class LLM:
                     length_penalty: float = 1.0, ignore_eos: bool = False) -> RequestOutput:
         """The ``beam_width`` best continuations of ``prompt`` (token ids), best
         first in ``outputs``, scored as transformers' beam search scores them."""
-        for name, value in (("beam_width", beam_width), ("max_tokens", max_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        beam_width, max_tokens = positive("beam_width", beam_width), positive("max_tokens",
+                                                                              max_tokens)
         stop = frozenset() if ignore_eos else self.engine.eos_token_ids
         with self._lock:
             if self.engine.has_unfinished:

@@ -16,8 +16,8 @@ import torch
 
 from . import _C
 
-__all__ = ["paged_attention", "paged_prefill_attention", "paged_attention_v1", "reshape_and_cache",
-           "copy_blocks", "sample_tokens"]
+__all__ = ["paged_attention", "paged_prefill_attention", "reshape_and_cache", "copy_blocks",
+           "sample_tokens", "default_scale"]
 
 _ops = torch.ops.mini_paged_attn
 
@@ -33,10 +33,15 @@ def _check_block_tables(op, key_cache, block_tables, context_lens) -> None:
                               key_cache.size(0), key_cache.size(1))
 
 
+def default_scale(head_size: int) -> float:
+    """The softmax scale when none is given: ``1/sqrt(head_size)``."""
+    return 1.0 / math.sqrt(head_size)
+
+
 def _attend(op: str, out: Optional[torch.Tensor], query: torch.Tensor, scale: Optional[float],
             *inputs: torch.Tensor) -> torch.Tensor:
     """Calls ``op(query, *inputs, scale)``, or ``op_out(out, query, *inputs, scale)``."""
-    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    scale = default_scale(query.size(-1)) if scale is None else float(scale)
     if out is None:
         return getattr(_ops, op)(query, *inputs, scale)
     getattr(_ops, op + "_out")(out, query, *inputs, scale)

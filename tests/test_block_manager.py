@@ -8,7 +8,7 @@ from mini_paged_attn import _C
 from mini_paged_attn.block_manager import ROOT_BLOCK_HASH, BlockManager, hash_block
 
 
-# -- the seed's tests (seed 000) -----------------------------------------------------
+# -- the seed's tests ----------------------------------------------------------------
 
 def test_initialization():
     manager = BlockManager(num_blocks=10)

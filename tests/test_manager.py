@@ -16,7 +16,7 @@ def _shuffle_free_list(manager, seed):
         manager.block_manager.free(blocks[i])
 
 
-# -- the seed's end-to-end test (seed 001), on every device ---------------------------
+# -- the seed's end-to-end test, on every device -------------------------------------
 
 @pytest.mark.parametrize("head_size", [64])
 @pytest.mark.parametrize("block_size", [8])

@@ -245,7 +245,7 @@ def test_paged_attention_unsupported_block_size():
 # paged_attention_v1 (the seed's kernel)
 # ---------------------------------------------------------------------------
 def test_v1_seed_end_to_end():
-    """Seed 001's test: float32 query, fp16 cache in shuffled physical blocks of an
+    """The seed's test: float32 query, fp16 cache in shuffled physical blocks of an
     interleaved [num_blocks, block_size, 2, heads, head_size] cache, against SDPA."""
     torch.manual_seed(0)
     num_seqs, num_heads, head_size, block_size, seq_len = 2, 4, 64, 8, 100

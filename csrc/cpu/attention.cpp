@@ -263,7 +263,7 @@ void paged_attention_cpu(const char* op, const at::Tensor& out, const at::Tensor
       check_paged_attention(op, out, query, key_cache, value_cache, block_tables, context_lens);
   check_block_tables(op, block_tables, context_lens, d.num_blocks, d.block_size);
   const float scale = static_cast<float>(
-      maybe_scale.value_or(1.0 / std::sqrt(static_cast<double>(d.head_size))));
+      maybe_scale.value_or(default_scale(d.head_size)));
   switch (query.scalar_type()) {
     case at::kFloat:
       run_attention<float>(d, out, query, key_cache, value_cache, block_tables, context_lens,

@@ -139,7 +139,7 @@ void launch_v1(const at::Tensor& out, const at::Tensor& query, const at::Tensor&
       static_cast<const cache_t*>(value_cache.data_ptr()), block_tables.data_ptr<int32_t>(),
       context_lens.data_ptr<int32_t>(), st, static_cast<int>(d.head_size),
       static_cast<int>(d.num_heads / d.num_kv_heads), static_cast<int>(d.block_size),
-      max_context, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.head_size))));
+      max_context, static_cast<float>(default_scale(d.head_size)));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

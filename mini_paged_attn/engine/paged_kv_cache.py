@@ -1,5 +1,5 @@
 """PagedKVCache: every layer's K/V in blocks drawn from one pool, with the
-block tables of issue 4 (``BlockTables``: fork, copy-on-write, prefix cache)."""
+block tables (``BlockTables``: fork, copy-on-write, prefix cache)."""
 from __future__ import annotations
 
 from typing import List, Optional

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..checks import positive
+
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -36,19 +38,13 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            setattr(self, name, positive(name, getattr(self, name)))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         for name in ("num_key_value_heads", "head_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}"
-                                 + (" (hidden_size // num_attention_heads)"
-                                    if name == "head_dim" and value == 0 else ""))
+            setattr(self, name, positive(name, getattr(self, name)))
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \

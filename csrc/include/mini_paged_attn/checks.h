@@ -5,9 +5,15 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cmath>
 #include <vector>
 
 namespace mini_paged_attn {
+
+// The softmax scale when none is given (ops.default_scale in Python).
+inline double default_scale(int64_t head_size) {
+  return 1.0 / std::sqrt(static_cast<double>(head_size));
+}
 
 // Sizes of one paged-attention call, read from validated tensors.
 struct PagedAttentionDims {
