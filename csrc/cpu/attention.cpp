@@ -16,6 +16,7 @@
 #include "mini_paged_attn/checks.h"
 #include "mini_paged_attn/cpu_isa.h"
 #include "mini_paged_attn/cpu_vec.h"
+#include "mini_paged_attn/dispatch.h"
 
 namespace mini_paged_attn::cpu {
 
@@ -264,22 +265,10 @@ void paged_attention_cpu(const char* op, const at::Tensor& out, const at::Tensor
   check_block_tables(op, block_tables, context_lens, d.num_blocks, d.block_size);
   const float scale = static_cast<float>(
       maybe_scale.value_or(default_scale(d.head_size)));
-  switch (query.scalar_type()) {
-    case at::kFloat:
-      run_attention<float>(d, out, query, key_cache, value_cache, block_tables, context_lens,
-                           scale);
-      break;
-    case at::kHalf:
-      run_attention<c10::Half>(d, out, query, key_cache, value_cache, block_tables,
-                               context_lens, scale);
-      break;
-    case at::kBFloat16:
-      run_attention<c10::BFloat16>(d, out, query, key_cache, value_cache, block_tables,
-                                   context_lens, scale);
-      break;
-    default:
-      TORCH_CHECK(false, "Unsupported query dtype ", query.scalar_type());
-  }
+  dispatch_float_type<c10::Half, c10::BFloat16>(op, "query", query.scalar_type(), [&](auto q) {
+    run_attention<typename decltype(q)::type>(d, out, query, key_cache, value_cache,
+                                              block_tables, context_lens, scale);
+  });
 }
 
 void paged_attention_out(const at::Tensor& out, const at::Tensor& query,

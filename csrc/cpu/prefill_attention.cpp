@@ -18,6 +18,7 @@
 #include "mini_paged_attn/checks.h"
 #include "mini_paged_attn/cpu_isa.h"
 #include "mini_paged_attn/cpu_vec.h"
+#include "mini_paged_attn/dispatch.h"
 
 namespace mini_paged_attn::cpu {
 
@@ -213,22 +214,10 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
   check_block_tables(op, block_tables, context_lens, d.num_blocks, d.block_size);
   check_query_start_loc(op, query_start_loc, context_lens, query.size(0));
   const float s = static_cast<float>(scale);
-  switch (query.scalar_type()) {
-    case at::kFloat:
-      run_prefill<float>(d, out, query, key_cache, value_cache, block_tables, context_lens,
-                         query_start_loc, s);
-      break;
-    case at::kHalf:
-      run_prefill<c10::Half>(d, out, query, key_cache, value_cache, block_tables, context_lens,
-                             query_start_loc, s);
-      break;
-    case at::kBFloat16:
-      run_prefill<c10::BFloat16>(d, out, query, key_cache, value_cache, block_tables,
-                                 context_lens, query_start_loc, s);
-      break;
-    default:
-      TORCH_CHECK(false, "Unsupported query dtype ", query.scalar_type());
-  }
+  dispatch_float_type<c10::Half, c10::BFloat16>(op, "query", query.scalar_type(), [&](auto q) {
+    run_prefill<typename decltype(q)::type>(d, out, query, key_cache, value_cache, block_tables,
+                                            context_lens, query_start_loc, s);
+  });
 }
 
 }  // namespace

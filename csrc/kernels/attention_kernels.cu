@@ -14,6 +14,7 @@
 
 #include "mini_paged_attn/attention_kernels.cuh"
 #include "mini_paged_attn/checks.h"
+#include "mini_paged_attn/dispatch.h"
 
 namespace mini_paged_attn::cuda {
 namespace {
@@ -127,36 +128,18 @@ PagedAttentionParams pair_heads(PagedAttentionParams p) {
 }
 
 template <typename query_t, typename cache_t>
-void dispatch_head_size(int64_t head_size, const PagedAttentionParams& p, const at::Tensor& out,
-                        int num_seqs, int device, cudaStream_t stream) {
-  switch (head_size) {
-    case 32: launch_attention<query_t, cache_t, 32>(p, out, num_seqs, device, stream); break;
-    case 64:
+void launch_for_head_size(int64_t head_size, const PagedAttentionParams& p, const at::Tensor& out,
+                          int num_seqs, int device, cudaStream_t stream) {
+  dispatch_head_size<32, 64, 80, 96, 128, 256>("CUDA paged_attention", head_size, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    if constexpr (D == 64) {
       if (can_pair_heads<cache_t>(p)) {
         launch_attention<query_t, cache_t, 128>(pair_heads(p), out, num_seqs, device, stream);
-      } else {
-        launch_attention<query_t, cache_t, 64>(p, out, num_seqs, device, stream);
+        return;
       }
-      break;
-    case 80: launch_attention<query_t, cache_t, 80>(p, out, num_seqs, device, stream); break;
-    case 96: launch_attention<query_t, cache_t, 96>(p, out, num_seqs, device, stream); break;
-    case 128: launch_attention<query_t, cache_t, 128>(p, out, num_seqs, device, stream); break;
-    case 256: launch_attention<query_t, cache_t, 256>(p, out, num_seqs, device, stream); break;
-    default:
-      TORCH_CHECK(false, "Unsupported head_size ", head_size,
-                  " for CUDA paged_attention (supported: 32, 64, 80, 96, 128, 256)");
-  }
-}
-
-// Query is either the cache dtype or float32 (with a 16-bit cache).
-template <typename cache_t>
-void dispatch_query(at::ScalarType query_dtype, int64_t head_size, const PagedAttentionParams& p,
-                    const at::Tensor& out, int num_seqs, int device, cudaStream_t stream) {
-  if (query_dtype == at::kFloat) {
-    dispatch_head_size<float, cache_t>(head_size, p, out, num_seqs, device, stream);
-  } else {
-    dispatch_head_size<cache_t, cache_t>(head_size, p, out, num_seqs, device, stream);
-  }
+    }
+    launch_attention<query_t, cache_t, D>(p, out, num_seqs, device, stream);
+  });
 }
 
 void paged_attention_out(const at::Tensor& out, const at::Tensor& query,
@@ -200,21 +183,11 @@ void paged_attention_out(const at::Tensor& out, const at::Tensor& query,
 
   const int num_seqs = static_cast<int>(d.num_seqs);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  switch (key_cache.scalar_type()) {
-    case at::kHalf:
-      dispatch_query<__half>(query.scalar_type(), d.head_size, p, out, num_seqs, device, stream);
-      break;
-    case at::kBFloat16:
-      dispatch_query<__nv_bfloat16>(query.scalar_type(), d.head_size, p, out, num_seqs, device,
-                                    stream);
-      break;
-    case at::kFloat:
-      dispatch_head_size<float, float>(d.head_size, p, out, num_seqs, device, stream);
-      break;
-    default:
-      TORCH_CHECK(false, "Unsupported cache dtype ", key_cache.scalar_type(),
-                  " for CUDA paged_attention");
-  }
+  dispatch_query_cache<__half, __nv_bfloat16>(
+      op, query.scalar_type(), key_cache.scalar_type(), [&](auto q, auto c) {
+        launch_for_head_size<typename decltype(q)::type, typename decltype(c)::type>(
+            d.head_size, p, out, num_seqs, device, stream);
+      });
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "mini_paged_attn/checks.h"
 #include "mini_paged_attn/cuda_utils.cuh"
+#include "mini_paged_attn/dispatch.h"
 
 namespace mini_paged_attn::cuda {
 namespace {
@@ -143,20 +144,6 @@ void launch_v1(const at::Tensor& out, const at::Tensor& query, const at::Tensor&
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename cache_t>
-void dispatch_v1_query(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
-                       const at::Tensor& value_cache, const at::Tensor& block_tables,
-                       const at::Tensor& context_lens, const PagedAttentionDims& d,
-                       int max_context, cudaStream_t stream) {
-  if (query.scalar_type() == at::kFloat) {
-    launch_v1<float, cache_t>(out, query, key_cache, value_cache, block_tables, context_lens, d,
-                              max_context, stream);
-  } else {
-    launch_v1<cache_t, cache_t>(out, query, key_cache, value_cache, block_tables, context_lens, d,
-                                max_context, stream);
-  }
-}
-
 void paged_attention_v1(const at::Tensor& out, const at::Tensor& query,
                         const at::Tensor& key_cache, const at::Tensor& value_cache,
                         const at::Tensor& block_table, const at::Tensor& context_lens) {
@@ -181,23 +168,11 @@ void paged_attention_v1(const at::Tensor& out, const at::Tensor& query,
                     " tokens of scores do not fit in the shared memory of device ", device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const int ctx = static_cast<int>(max_context);
-  switch (key_cache.scalar_type()) {
-    case at::kHalf:
-      dispatch_v1_query<__half>(out, query, key_cache, value_cache, block_table, context_lens, d,
-                                ctx, stream);
-      break;
-    case at::kBFloat16:
-      dispatch_v1_query<__nv_bfloat16>(out, query, key_cache, value_cache, block_table,
-                                       context_lens, d, ctx, stream);
-      break;
-    case at::kFloat:
-      launch_v1<float, float>(out, query, key_cache, value_cache, block_table, context_lens, d,
-                              ctx, stream);
-      break;
-    default:
-      TORCH_CHECK(false, "Unsupported cache dtype ", key_cache.scalar_type(),
-                  " for CUDA paged_attention_v1");
-  }
+  dispatch_query_cache<__half, __nv_bfloat16>(
+      op, query.scalar_type(), key_cache.scalar_type(), [&](auto q, auto c) {
+        launch_v1<typename decltype(q)::type, typename decltype(c)::type>(
+            out, query, key_cache, value_cache, block_table, context_lens, d, ctx, stream);
+      });
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 
 #include "mini_paged_attn/checks.h"
 #include "mini_paged_attn/cuda_utils.cuh"
+#include "mini_paged_attn/dispatch.h"
 #include "mini_paged_attn/prefill_tc.cuh"
 
 namespace mini_paged_attn::cuda {
@@ -213,31 +214,6 @@ void launch_prefill(const PrefillParams& p, int64_t num_tokens, int64_t num_head
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename query_t, typename cache_t>
-void dispatch_head_size(int64_t head_size, const PrefillParams& p, int64_t num_tokens,
-                        int64_t num_heads, cudaStream_t stream) {
-  switch (head_size) {
-    case 64: launch_prefill<query_t, cache_t, 64>(p, num_tokens, num_heads, stream); break;
-    case 80: launch_prefill<query_t, cache_t, 80>(p, num_tokens, num_heads, stream); break;
-    case 96: launch_prefill<query_t, cache_t, 96>(p, num_tokens, num_heads, stream); break;
-    case 128: launch_prefill<query_t, cache_t, 128>(p, num_tokens, num_heads, stream); break;
-    case 256: launch_prefill<query_t, cache_t, 256>(p, num_tokens, num_heads, stream); break;
-    default:
-      TORCH_CHECK(false, "Unsupported head_size ", head_size,
-                  " for CUDA paged_prefill_attention (supported: 64, 80, 96, 128, 256)");
-  }
-}
-
-// Query is either the cache dtype or float32 (with a 16-bit cache).
-template <typename cache_t>
-void dispatch_query(at::ScalarType query_dtype, int64_t head_size, const PrefillParams& p,
-                    int64_t num_tokens, int64_t num_heads, cudaStream_t stream) {
-  if (query_dtype == at::kFloat) {
-    dispatch_head_size<float, cache_t>(head_size, p, num_tokens, num_heads, stream);
-  } else {
-    dispatch_head_size<cache_t, cache_t>(head_size, p, num_tokens, num_heads, stream);
-  }
-}
 
 // The tensor-core kernel copies rows with 16-byte cp.async and stores pairs.
 bool tc_aligned(const at::Tensor& t, int64_t dims) {
@@ -313,21 +289,16 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
                                                    block_tables, context_lens, query_start_loc);
   p.scale = static_cast<float>(scale);
 
-  switch (key_cache.scalar_type()) {
-    case at::kHalf:
-      dispatch_query<__half>(query.scalar_type(), d.head_size, p, num_tokens, d.num_heads, stream);
-      break;
-    case at::kBFloat16:
-      dispatch_query<__nv_bfloat16>(query.scalar_type(), d.head_size, p, num_tokens, d.num_heads,
-                                    stream);
-      break;
-    case at::kFloat:
-      dispatch_head_size<float, float>(d.head_size, p, num_tokens, d.num_heads, stream);
-      break;
-    default:
-      TORCH_CHECK(false, "Unsupported cache dtype ", key_cache.scalar_type(),
-                  " for CUDA paged_prefill_attention");
-  }
+  dispatch_query_cache<__half, __nv_bfloat16>(
+      op, query.scalar_type(), key_cache.scalar_type(), [&](auto q, auto c) {
+        using query_t = typename decltype(q)::type;
+        using cache_t = typename decltype(c)::type;
+        dispatch_head_size<64, 80, 96, 128, 256>(
+            "CUDA paged_prefill_attention", d.head_size, [&](auto hs) {
+              launch_prefill<query_t, cache_t, decltype(hs)::value>(p, num_tokens, d.num_heads,
+                                                                    stream);
+            });
+      });
 }
 
 }  // namespace

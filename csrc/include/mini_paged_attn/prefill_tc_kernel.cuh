@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "mini_paged_attn/dispatch.h"
 #include "mini_paged_attn/prefill_tc.cuh"
 
 namespace mini_paged_attn::cuda {
@@ -436,16 +437,10 @@ void launch(PrefillTcParams p, int64_t num_tokens, int64_t num_kv_heads, cudaStr
 template <typename T>
 void launch_prefill_tc(const PrefillTcParams& p, int64_t head_size, int64_t num_tokens,
                        int64_t num_kv_heads, cudaStream_t stream) {
-  switch (head_size) {
-    case 32: prefill_tc::launch<T, 32>(p, num_tokens, num_kv_heads, stream); break;
-    case 64: prefill_tc::launch<T, 64>(p, num_tokens, num_kv_heads, stream); break;
-    case 80: prefill_tc::launch<T, 80>(p, num_tokens, num_kv_heads, stream); break;
-    case 96: prefill_tc::launch<T, 96>(p, num_tokens, num_kv_heads, stream); break;
-    case 128: prefill_tc::launch<T, 128>(p, num_tokens, num_kv_heads, stream); break;
-    case 256: prefill_tc::launch<T, 256>(p, num_tokens, num_kv_heads, stream); break;
-    default: TORCH_CHECK(false, "paged_prefill_attention: no tensor-core kernel for head_size ",
-                         head_size);
-  }
+  dispatch_head_size<32, 64, 80, 96, 128, 256>(
+      "tensor-core paged_prefill_attention", head_size, [&](auto d) {
+        prefill_tc::launch<T, decltype(d)::value>(p, num_tokens, num_kv_heads, stream);
+      });
 }
 
 }  // namespace mini_paged_attn::cuda
