@@ -74,11 +74,8 @@ TORCH_LIBRARY(mini_paged_attn, m) {
       "Tensor sin) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(mini_paged_attn, CPU, m) {
-  m.impl("paged_attention", &paged_attention);
-  m.impl("paged_prefill_attention", &paged_prefill_attention);
-}
-TORCH_LIBRARY_IMPL(mini_paged_attn, CUDA, m) {
+// Once for every backend: the out= op they call is the backend's kernel.
+TORCH_LIBRARY_IMPL(mini_paged_attn, CompositeExplicitAutograd, m) {
   m.impl("paged_attention", &paged_attention);
   m.impl("paged_prefill_attention", &paged_prefill_attention);
 }
