@@ -3,7 +3,7 @@
 // into shared memory the way paged_attention does (one block per sequence and
 // KV head, 4 warps, 16-token tiles, 3 stages a warp), with no attention math,
 // through several load paths and shared-memory layouts: how fast can each way
-// of loading go, apart from the kernel? docs/perf-notes.md has
+// of loading go, apart from the kernel? docs/archive/perf-notes-2026-11.md has
 // the numbers and what they showed.
 //
 //   make bench-copy    (a GPU machine with nvcc; the TMA rows need sm_90)

@@ -93,7 +93,7 @@ echo "check_cuda_compile: all ${#files[@]} kernel files compile for sm_80 and sm
 # ptxas 13.0 (V13.0.88) compiled some cp.async copies with an L2 cache-hint
 # operand into LDGSTS instructions whose 64-bit policy descriptor sits in an odd
 # uniform register; the GPU stops those as illegal instructions
-# (docs/perf-notes.md). Look for any such descriptor in the SASS.
+# (docs/archive/perf-notes-2026-11.md). Look for any such descriptor in the SASS.
 NVDISASM="${NVDISASM:-$(command -v nvdisasm || true)}"
 if [[ -z "$NVDISASM" ]]; then
   purelib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -7,7 +7,7 @@
 #   OUT=DIR                 where logs go (default /tmp/gpu_check)
 #   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
 #   PYTEST_WORKERS=N        pytest-xdist workers (default 0: in-process; with 4 workers
-#                           the CUDA-graph test failed twice, unexplained, see docs/perf-notes.md)
+#                           the CUDA-graph test failed twice, unexplained, see docs/archive/perf-notes-2026-11.md)
 #   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine
 #   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
 #   SKIP_PREFILL=1          skip the prefill-attention benchmark (bench_prefill.py)

@@ -82,7 +82,7 @@ struct AttnTraits {
   // 128-byte lines are XOR-swizzled (chunk c of row r stored at c ^ (r % 8)), so a
   // warp's copies write whole aligned lines: a 16-byte pad per row instead costs
   // 25 L2 sectors per 512-byte copy instruction instead of 20, and 3% of the
-  // stream (docs/perf-notes.md). Other row sizes keep the pad.
+  // stream (docs/archive/perf-notes-2026-11.md). Other row sizes keep the pad.
   static constexpr bool kSwizzle = kChunks % 8 == 0;
   static constexpr int kRowBytes = HEAD_SIZE * int(sizeof(cache_t)) + (kSwizzle ? 0 : 16);
   // Byte offset of 16-byte chunk `chunk` of row `row` in a K or V tile.
@@ -369,7 +369,7 @@ __global__ void __launch_bounds__(AttnTraits<cache_t, HEAD_SIZE>::kThreads)
   // take the row path: with a cache-hint operand, ptxas 13.0 (V13.0.88) turned
   // the tile path's copies into LDGSTS instructions that read the policy from
   // an odd uniform register, which the GPU stops as an illegal instruction
-  // (docs/perf-notes.md).
+  // (docs/archive/perf-notes-2026-11.md).
   auto issue = [&](auto tile_path_c, int stage, int j, int page, int offset) {
     unsigned char* ks = wsmem + stage * Tr::kStageBytes;
     unsigned char* vs = ks + kTile * Tr::kRowBytes;

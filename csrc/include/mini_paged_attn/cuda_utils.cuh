@@ -98,7 +98,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 // default policy (what a copy without a hint gets; measured to cost nothing,
 // while `createpolicy ... evict_normal` cost 5%). Evict-first makes a one-pass
 // stream not push out lines that other kernels left in L2 (dirty ones must be
-// written back first); whether it pays depends on the launch (docs/perf-notes.md).
+// written back first); whether it pays depends on the launch (docs/archive/perf-notes-2026-11.md).
 constexpr uint64_t kL2EvictNormal = 0x1000000000000000ull;
 
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {
