@@ -25,6 +25,10 @@ def _as_token(x: Any) -> Any:
 
 def token_ids(prompt: Any, vocab_size: int, name: str = "prompt") -> List[int]:
     """``prompt`` as a non-empty list of ids in ``[0, vocab_size)``."""
+    if type(prompt) in (list, tuple) and prompt and all(type(t) is int for t in prompt):
+        # The common case, checked at C speed: plain ints.
+        if min(prompt) >= 0 and max(prompt) < vocab_size:
+            return list(prompt)
     if isinstance(prompt, (str, bytes)):
         raise TypeError(f"{name} must be token ids, got a string (tokenize it first)")
     if isinstance(prompt, (torch.Tensor, np.ndarray)) and prompt.ndim != 1:
