@@ -35,7 +35,7 @@ from py_block_manager import PyBlockManager  # noqa: E402
 from py_block_tables import PyBlockTables  # noqa: E402
 
 from mini_paged_attn.block_manager import BlockManager  # noqa: E402
-from mini_paged_attn.block_tables import BlockTables  # noqa: E402
+from mini_paged_attn.cache.block_tables import BlockTables  # noqa: E402
 
 VOCAB = 32000
 MANAGERS = {

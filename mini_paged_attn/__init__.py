@@ -6,16 +6,16 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C
 from ._C import CacheConfig, PagedKVCacheConfig, StaticKVCacheConfig
 from .attention import PagedAttention
-from .attention_metadata import AttentionMetadata
 from .block_manager import BlockManager, hash_block
-from .block_tables import BlockTables
+from .cache.block_tables import BlockTables
+from .cache.paged_attention_manager import PagedAttentionManager
+from .cache.static_cache import StaticKVCache
+from .layers.attention_metadata import AttentionMetadata
 from .llm import LLM
-from .manager import PagedAttentionManager
 from .ops import (copy_blocks, paged_attention, paged_attention_v1, paged_prefill_attention,
                   reshape_and_cache)
 from .outputs import CompletionOutput, RequestOutput
 from .sampling_params import SamplingParams
-from .static_cache import StaticKVCache
 
 try:
     __version__ = version("mini_paged_attn")

@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .attention_metadata import AttentionMetadata
 from .checks import positive
+from .layers.attention_metadata import AttentionMetadata
 from .ops import default_scale, paged_attention, paged_prefill_attention, reshape_and_cache
 
 

@@ -18,8 +18,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from . import LLM, PagedKVCacheConfig, SamplingParams, StaticKVCacheConfig
-from .config import kv_bytes_per_token
-from .model.config import ModelConfig
+from .cache.sizing import kv_bytes_per_token
+from .models.config import ModelConfig
 
 Workload = List[Tuple[List[int], SamplingParams]]
 

@@ -7,17 +7,17 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from ._C import PagedKVCacheConfig, StaticKVCacheConfig
+from .cache.kv_cache import KVCache
+from .cache.paged_kv_cache import PagedKVCache
+from .cache.sizing import kv_bytes_per_token, num_blocks_for
+from .cache.slotted_kv_cache import SlottedKVCache
 from .checks import check_int, positive
-from .config import kv_bytes_per_token, num_blocks_for
 from .engine.beam_search import beam_search
-from .engine.kv_cache import KVCache
 from .engine.llm_engine import LLMEngine
 from .engine.memory import check_kv_budget
-from .engine.paged_kv_cache import PagedKVCache
 from .engine.prompts import prompt_list, token_ids
-from .engine.slotted_kv_cache import SlottedKVCache
-from .model.config import ModelConfig
-from .model.loader import load_model
+from .models.config import ModelConfig
+from .models.loader import load_model
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 

@@ -8,6 +8,10 @@ PY=.venv/bin/python
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+# setuptools copies the package into build/lib* and never removes a file from
+# there: clear it so that modules since moved or deleted do not ship (the
+# compiled objects in build/temp* are kept and reused).
+rm -rf build/lib.*
 MAX_JOBS="${JOBS:-2}" "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" .
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q "$TORCH_SPEC"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mini_paged_attn.block_manager import BlockManager
-from mini_paged_attn.block_tables import BlockTables
+from mini_paged_attn.cache.block_tables import BlockTables
 
 
 def _tables(num_blocks=16, num_sequences=4, max_blocks_per_seq=8, block_size=4):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mini_paged_attn.block_manager import BlockManager
-from mini_paged_attn.block_tables import BlockTables
+from mini_paged_attn.cache.block_tables import BlockTables
 
 NUM_BLOCKS, NUM_ROWS, MAX_BLOCKS, BLOCK_SIZE = 12, 4, 6, 4
 EXPECTED = (TypeError, ValueError, IndexError, KeyError, MemoryError, RuntimeError)

@@ -3,7 +3,7 @@ import torch
 
 import mini_paged_attn as mpa
 from mini_paged_attn import CacheConfig, PagedKVCacheConfig, StaticKVCacheConfig
-from mini_paged_attn.config import kv_bytes_per_token, num_blocks_for
+from mini_paged_attn.cache.sizing import kv_bytes_per_token, num_blocks_for
 
 
 def test_cache_config_is_abstract():

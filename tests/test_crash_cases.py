@@ -15,7 +15,7 @@ PRELUDE = """
 import torch
 from mini_paged_attn import ops
 from mini_paged_attn.block_manager import BlockManager
-from mini_paged_attn.block_tables import BlockTables
+from mini_paged_attn.cache.block_tables import BlockTables
 from mini_paged_attn.manager import PagedAttentionManager
 
 def tables(num_blocks=8):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mini_paged_attn import AttentionMetadata
-from mini_paged_attn.model import ModelConfig, load_model
-from mini_paged_attn.model.rotary import inv_frequencies
+from mini_paged_attn.models import ModelConfig, load_model
+from mini_paged_attn.layers.rotary import inv_frequencies
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mini_paged_attn import LLM, SamplingParams
-from mini_paged_attn.model.config import ModelConfig
+from mini_paged_attn.models.config import ModelConfig
 from mini_paged_attn.engine.prompts import prompt_list, token_ids
 
 

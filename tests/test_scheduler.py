@@ -4,7 +4,7 @@ that is due: budgets, chunking, admission, preemption, freeing."""
 import torch
 
 from mini_paged_attn import PagedKVCacheConfig, SamplingParams
-from mini_paged_attn.engine.paged_kv_cache import PagedKVCache
+from mini_paged_attn.cache.paged_kv_cache import PagedKVCache
 from mini_paged_attn.engine.request import Request
 from mini_paged_attn.engine.scheduler import Scheduler
 from mini_paged_attn.engine.sequence import Sequence, SequenceStatus

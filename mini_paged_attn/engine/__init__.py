@@ -1,7 +1,5 @@
-"""The serving engine: scheduler, model runner, sampler and KV caches behind ``LLM``."""
+"""The serving engine behind ``LLM``: scheduler, model runner, sampler, sequences."""
 from .llm_engine import LLMEngine
-from .paged_kv_cache import PagedKVCache
 from .scheduler import Scheduler
-from .slotted_kv_cache import SlottedKVCache
 
-__all__ = ["LLMEngine", "PagedKVCache", "Scheduler", "SlottedKVCache"]
+__all__ = ["LLMEngine", "Scheduler"]

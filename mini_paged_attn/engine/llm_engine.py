@@ -7,10 +7,10 @@ from typing import FrozenSet, List, Optional
 
 import torch
 
-from ..model.llama import LlamaForCausalLM
+from ..cache.kv_cache import KVCache
+from ..models.llama import LlamaForCausalLM
 from ..sampling_params import SamplingParams
 from .host_to_device import to_device
-from .kv_cache import KVCache
 from .model_runner import ModelRunner
 from .overlap import OverlappedDecoder
 from .prompts import token_ids

@@ -8,8 +8,8 @@ from typing import List
 
 import torch
 
-from ..attention_metadata import AttentionMetadata
-from ..model.llama import LlamaForCausalLM
+from ..layers.attention_metadata import AttentionMetadata
+from ..models.llama import LlamaForCausalLM
 
 # cuBLAS workspaces, graph objects and allocator fragmentation.
 SLACK_BYTES = 512 * 2**20

@@ -13,11 +13,11 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..attention_metadata import AttentionMetadata
-from ..model.llama import LlamaForCausalLM
+from ..cache.kv_cache import KVCache
+from ..layers.attention_metadata import AttentionMetadata
+from ..models.llama import LlamaForCausalLM
 from .decode_graphs import DecodeGraphs, DecodeInputs, bucket_sizes
 from .host_to_device import to_device
-from .kv_cache import KVCache
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 

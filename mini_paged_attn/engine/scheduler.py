@@ -7,7 +7,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 import torch
 
-from .kv_cache import KVCache
+from ..cache.kv_cache import KVCache
 from .sequence import Sequence, SequenceStatus
 
 

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _C  # noqa: F401  (registers the ops)
+from .. import _C  # noqa: F401  (registers the ops)
 
 _ops = torch.ops.mini_paged_attn
 

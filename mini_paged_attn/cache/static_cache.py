@@ -11,8 +11,8 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from ._C import StaticKVCacheConfig
-from .ops import reshape_and_cache
+from .._C import StaticKVCacheConfig
+from ..ops import reshape_and_cache
 
 
 class StaticKVCache:

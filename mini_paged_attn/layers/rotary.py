@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..layer_ops import apply_rotary, rotary_embedding
+from .fused import apply_rotary, rotary_embedding
 
 
 def inv_frequencies(head_dim: int, rope_theta: float,

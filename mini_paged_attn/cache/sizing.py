@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._C import PagedKVCacheConfig
+from .._C import PagedKVCacheConfig
 
 
 def kv_bytes_per_token(num_kv_heads: int, head_size: int, dtype: torch.dtype,

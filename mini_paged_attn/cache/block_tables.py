@@ -16,9 +16,9 @@ from typing import Hashable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _C
-from .block_manager import BlockManager
-from .checks import non_negative, positive
+from .. import _C
+from ..block_manager import BlockManager
+from ..checks import non_negative, positive
 
 # A sequence of ints or a 1-D integer tensor (checked in C++, errors naming it).
 TokenIds = Optional[Union[Sequence[int], torch.Tensor]]

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..attention import PagedAttention
-from ..attention_metadata import AttentionMetadata
-from ..layer_ops import rms_norm, silu_and_mul
+from ..layers.attention_metadata import AttentionMetadata
+from ..layers.fused import rms_norm, silu_and_mul
+from ..layers.rotary import RotaryEmbedding
 from .config import ModelConfig
-from .rotary import RotaryEmbedding
 
 
 class MergedLinear(nn.Linear):
@@ -39,7 +39,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(norm(x + residual), x + residual)``; on a GPU ``x`` and ``residual``
-        are overwritten with them (``layer_ops.rms_norm``)."""
+        are overwritten with them (``layers.fused.rms_norm``)."""
         return rms_norm(x, self.weight, self.eps, residual)
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 
 from .._C import StaticKVCacheConfig
+from ..engine.host_to_device import to_device
 from ..ops import copy_blocks
-from ..static_cache import StaticKVCache as SlotBuffer
-from .host_to_device import to_device
 from .kv_cache import KVCache
+from .static_cache import StaticKVCache as SlotBuffer
 
 
 class SlottedKVCache(KVCache):

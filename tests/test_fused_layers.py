@@ -1,11 +1,11 @@
-"""layer_ops: RMSNorm (with the residual add), SiLU-and-mul and RoPE against
+"""layers/fused.py: RMSNorm (with the residual add), SiLU-and-mul and RoPE against
 float64 references, over random shapes; on a GPU these are CUDA kernels,
 given strided inputs as the model hands them over."""
 import pytest
 import torch
 
-from mini_paged_attn.layer_ops import rms_norm, rotary_embedding, silu_and_mul
-from mini_paged_attn.model.rotary import inv_frequencies
+from mini_paged_attn.layers.fused import rms_norm, rotary_embedding, silu_and_mul
+from mini_paged_attn.layers.rotary import inv_frequencies
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -8,11 +8,11 @@ import torch
 
 from .._C import PagedKVCacheConfig
 from ..block_manager import BlockManager
-from ..block_tables import BlockTables
-from ..config import num_blocks_for
+from ..engine.host_to_device import to_device
 from ..ops import copy_blocks
-from .host_to_device import to_device
+from .block_tables import BlockTables
 from .kv_cache import KVCache
+from .sizing import num_blocks_for
 
 
 class PagedKVCache(KVCache):
