@@ -1,5 +1,5 @@
 """Pure-Python block tables, nano-vllm style: the baseline of
-bench_block_manager.py and the model that tests/test_block_sharing_properties.py
+bench_block_manager.py and the model that tests/cache/test_block_sharing_properties.py
 checks the C++ ``BlockTables`` against, step by step.
 
 Same semantics and the same policy as the C++ code, so both hand out the same

@@ -5,7 +5,7 @@
 # and print a short summary last. Logs and bench.json / bench.png go to $OUT.
 #
 #   OUT=DIR                 where logs go (default /tmp/gpu_check)
-#   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/test_ops_cuda.py -k graph")
+#   PYTEST_ARGS="..."       instead of "tests/" (e.g. "tests/ops/test_ops_cuda.py -k graph")
 #   PYTEST_WORKERS=N        pytest-xdist workers (default 0: in-process; with 4 workers
 #                           the CUDA-graph test failed twice, unexplained, see docs/archive/perf-notes-2026-11.md)
 #   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine

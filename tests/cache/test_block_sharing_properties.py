@@ -20,7 +20,7 @@ from mini_paged_attn.block_manager import ROOT_BLOCK_HASH, hash_block
 from mini_paged_attn.manager import PagedAttentionManager
 from mini_paged_attn.ops import reshape_and_cache
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 from py_block_manager import ROOT_HASH, PyBlockManager  # noqa: E402
 from py_block_manager import hash_block as py_hash_block  # noqa: E402
 from py_block_tables import PyBlockTables  # noqa: E402
