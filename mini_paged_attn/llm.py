@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -40,7 +41,8 @@ class LLM:
         max_num_seqs: sequences running at once.
         max_num_batched_tokens: tokens computed per step; longer prompts are
             prefilled in chunks.
-        max_model_len: longest prompt + output (the model's context by default).
+        max_model_len: longest prompt + output (the model's context by default;
+            at most its ``sliding_window``, within which full attention is exact).
         seed: seed of random weights and of unseeded sampling.
         enforce_eager: on a GPU, run decode steps eagerly instead of replaying
             CUDA graphs (captured at start-up, one per batch-size bucket).
@@ -71,6 +73,13 @@ class LLM:
         config = self.model.config
         max_model_len = min(max_model_len or config.max_position_embeddings,
                             config.max_position_embeddings)
+        if config.sliding_window is not None and max_model_len > config.sliding_window:
+            # Within the window full attention is exact; past it the kernels
+            # would attend to positions the model must not see.
+            warnings.warn(f"max_model_len is capped at the model's sliding_window "
+                          f"({config.sliding_window}): sliding-window attention is not "
+                          f"implemented", stacklevel=2)
+            max_model_len = config.sliding_window
         cache_config = cache_config or PagedKVCacheConfig(DEFAULT_KV_MEMORY_BYTES)
         dims = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
                 next(self.model.parameters()).dtype, device)

@@ -12,6 +12,10 @@ import torch
 from ..checks import positive
 
 _ROPE_TYPES = ("default", "linear", "llama3")
+_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# Config keys of other families whose math this model does not implement.
+_UNSUPPORTED_KEYS = ("attn_logit_softcapping", "final_logit_softcapping",
+                     "query_pre_attn_scalar", "use_qk_norm")
 
 
 @dataclass
@@ -29,7 +33,12 @@ class ModelConfig:
     # {"rope_type": "linear", "factor": ...} or {"rope_type": "llama3", ...}; None: plain RoPE.
     rope_scaling: Optional[Dict[str, Any]] = None
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    attention_bias: bool = False  # biases on q, k, v and o (Llama)
+    qkv_bias: bool = False  # biases on q, k and v only (Qwen2)
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
+    # Attention to the last sliding_window positions only (Mistral); the engine
+    # keeps sequences within it, where that is the same as full attention.
+    sliding_window: Optional[int] = None
     mlp_bias: bool = False
     hidden_act: str = "silu"
     eos_token_id: List[int] = field(default_factory=list)
@@ -45,6 +54,8 @@ class ModelConfig:
             self.head_dim = self.hidden_size // self.num_attention_heads
         for name in ("num_key_value_heads", "head_dim"):
             setattr(self, name, positive(name, getattr(self, name)))
+        if self.sliding_window is not None:
+            self.sliding_window = positive("sliding_window", self.sliding_window)
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
@@ -70,8 +81,19 @@ class ModelConfig:
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
         """From the keys of a Hugging Face Llama ``config.json``; unknown keys are ignored."""
         d = dict(d)
-        if d.get("model_type", "llama") not in ("llama", "mistral", "qwen2"):
-            raise ValueError(f"model_type {d['model_type']!r} is not a Llama-architecture model")
+        model_type = d.get("model_type", "llama")
+        if model_type not in _MODEL_TYPES:
+            raise ValueError(f"model_type {model_type!r} is not supported (supported: "
+                             f"{', '.join(_MODEL_TYPES)})")
+        for key in _UNSUPPORTED_KEYS:
+            if d.get(key):
+                raise ValueError(f"{key} = {d[key]!r} changes the model's math and is not "
+                                 f"supported")
+        d["qkv_bias"] = d.get("qkv_bias", model_type == "qwen2")
+        d["qk_norm"] = d.get("qk_norm", model_type == "qwen3")
+        # Qwen configs carry a window they do not use unless use_sliding_window.
+        if model_type in ("qwen2", "qwen3") and not d.get("use_sliding_window", False):
+            d["sliding_window"] = None
         # transformers 5 folds rope_theta and rope_scaling into rope_parameters.
         rope = d.pop("rope_parameters", None)
         if rope is not None:
@@ -100,6 +122,21 @@ class ModelConfig:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
         if not isinstance(d, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
+        # generation_config.json's end-of-sequence ids (Llama-3-Instruct's
+        # <|eot_id|>, for one) stop generation too.
+        gen_path = os.path.join(model_dir, "generation_config.json")
+        if os.path.isfile(gen_path):
+            try:
+                with open(gen_path) as f:
+                    gen = json.load(f)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"{gen_path} is not valid JSON: {e}") from e
+            eos = gen.get("eos_token_id") if isinstance(gen, dict) else None
+            if eos is not None:
+                own = d.get("eos_token_id") or []
+                own = [own] if isinstance(own, int) else list(own)
+                extra = [eos] if isinstance(eos, int) else list(eos)
+                d["eos_token_id"] = own + [t for t in extra if t not in own]
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:

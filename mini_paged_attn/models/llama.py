@@ -16,7 +16,7 @@ from torch import nn
 
 from ..attention import PagedAttention
 from ..layers.attention_metadata import AttentionMetadata
-from ..layers.fused import rms_norm, silu_and_mul
+from ..layers.fused import head_rms_norm, rms_norm, silu_and_mul
 from ..layers.rotary import RotaryEmbedding
 from .config import ModelConfig
 
@@ -43,6 +43,18 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, residual)
 
 
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over each head's dimensions (Qwen3's q_norm / k_norm)."""
+
+    def __init__(self, head_dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(head_dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return head_rms_norm(x, self.weight, self.eps)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -51,8 +63,12 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size],
-                                     bias=config.attention_bias)
+                                     bias=config.attention_bias or config.qkv_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
+        if config.qk_norm:
+            self.q_norm = HeadRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = HeadRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
         self.attn = PagedAttention(self.num_heads, self.head_dim, self.num_kv_heads)
 
     def forward(self, rotary: RotaryEmbedding, positions: torch.Tensor, x: torch.Tensor,
@@ -61,6 +77,8 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(positions, q, k)
         out = self.attn(q, k, v, metadata)
         return self.o_proj(out.view(-1, self.num_heads * self.head_dim))

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mini_paged_attn import AttentionMetadata
+from mini_paged_attn import LLM, AttentionMetadata, SamplingParams
 from mini_paged_attn.models import ModelConfig, load_model
 from mini_paged_attn.layers.rotary import inv_frequencies
 
@@ -15,16 +15,18 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
 
-def _save(tmp_path, **overrides):
+def _save(tmp_path, family="Llama", **overrides):
     torch.manual_seed(0)
     kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512)
-    config = transformers.LlamaConfig(**{**kwargs, **overrides})
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # biases are zero at init: make them count
+    config = getattr(transformers, f"{family}Config")(**{**kwargs, **overrides})
+    model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    with torch.no_grad():  # biases are zero and norms one at init: make them count
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.normal_()
+            elif name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
     model.save_pretrained(tmp_path)
     return model
 
@@ -56,7 +58,20 @@ def _logits(model, prompts, block_size=8):
      "mlp_bias": True, "num_key_value_heads": 4},
 ], ids=["plain", "llama3-rope-tied", "linear-rope-bias-mha"])
 def test_logits_match_transformers(tmp_path, overrides):
-    hf = _save(tmp_path, **overrides)
+    _check_logits(tmp_path, _save(tmp_path, **overrides))
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("Qwen2", {}),  # biases on q, k and v only
+    ("Qwen2", {"tie_word_embeddings": True, "use_sliding_window": False, "sliding_window": 8}),
+    ("Qwen3", {"head_dim": 32}),  # q/k RMSNorm, a head_dim of its own
+    ("Mistral", {"sliding_window": None}),
+], ids=["qwen2", "qwen2-tied-unused-window", "qwen3", "mistral"])
+def test_families_match_transformers(tmp_path, family, overrides):
+    _check_logits(tmp_path, _save(tmp_path, family, **overrides))
+
+
+def _check_logits(tmp_path, hf):
     model = load_model(str(tmp_path))
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 128, (n,), generator=g).tolist() for n in (3, 70, 17)]
@@ -85,6 +100,7 @@ def test_config_from_transformers_4_layout():
     (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope_type"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(model_type="gpt2"), "model_type"),
+    (dict(model_type="mistral", sliding_window=0), "sliding_window"),
     (dict(num_key_value_heads=0), "num_key_value_heads"),
     (dict(head_dim=0), "head_dim"),
     (dict(hidden_size=2), "head_dim"),  # 2 // 4 heads
@@ -150,3 +166,37 @@ def test_non_finite_weights_warn(tmp_path):
     save_file(tensors, str(path), metadata={"format": "pt"})
     with pytest.warns(RuntimeWarning, match="model.norm.weight .*non-finite"):
         load_model(str(tmp_path))
+
+
+def test_sliding_window_caps_the_context(tmp_path):
+    # Within the window full attention is what Mistral computes; the engine
+    # keeps every sequence inside it.
+    hf = _save(tmp_path, "Mistral", sliding_window=24)
+    prompt = torch.arange(5, 25).tolist()
+    model = load_model(str(tmp_path))
+    assert model.config.sliding_window == 24
+    logits = _logits(model, [prompt])[0]
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0]
+    assert torch.allclose(logits, ref, atol=1e-5)
+    with pytest.warns(UserWarning, match="sliding_window"):
+        llm = LLM(str(tmp_path), device="cpu")
+    assert llm.engine.max_model_len == 24
+    with pytest.raises(ValueError, match="max_model_len"):
+        llm.generate([[1] * 20], SamplingParams(max_tokens=10))
+
+
+def test_generation_config_eos_ids_stop_too(tmp_path):
+    _save(tmp_path, eos_token_id=2)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    assert ModelConfig.from_pretrained(str(tmp_path)).eos_token_id == [2, 7]
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 9}))
+    assert ModelConfig.from_pretrained(str(tmp_path)).eos_token_id == [2, 9]
+
+
+@pytest.mark.parametrize("key", ["attn_logit_softcapping", "final_logit_softcapping"])
+def test_unimplemented_math_is_refused(key):
+    base = dict(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+                num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(ValueError, match=key):
+        ModelConfig.from_dict({**base, key: 30.0})
