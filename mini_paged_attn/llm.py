@@ -16,11 +16,12 @@ from .checks import check_int, positive
 from .engine.beam_search import beam_search
 from .engine.llm_engine import LLMEngine
 from .engine.memory import check_kv_budget
-from .engine.prompts import prompt_list, token_ids
+from .engine.prompts import prompt_list, resolve, token_ids
 from .models.config import ModelConfig
 from .models.loader import load_model
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .tokenizer import load_tokenizer
 
 DEFAULT_KV_MEMORY_BYTES = 256 * 2**20
 
@@ -46,6 +47,9 @@ class LLM:
         seed: seed of random weights and of unseeded sampling.
         enforce_eager: on a GPU, run decode steps eagerly instead of replaying
             CUDA graphs (captured at start-up, one per batch-size bucket).
+        tokenizer: a tokenizer directory (by default the checkpoint's, when it
+            has tokenizer files); text prompts, output text and stop strings use it.
+        skip_tokenizer_init: load no tokenizer: token ids in and out only.
 
     ``generate`` and ``beam_search`` are serialised by a lock (a second thread
     waits for the first) and are exception-safe: if anything raises during a
@@ -58,7 +62,8 @@ class LLM:
                  device: Union[str, torch.device, None] = None,
                  dtype: Optional[torch.dtype] = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, max_model_len: Optional[int] = None,
-                 seed: int = 0, enforce_eager: bool = False):
+                 seed: int = 0, enforce_eager: bool = False, tokenizer: Optional[str] = None,
+                 skip_tokenizer_init: bool = False):
         max_num_seqs = positive("max_num_seqs", max_num_seqs)
         max_num_batched_tokens = positive("max_num_batched_tokens", max_num_batched_tokens)
         if max_model_len is not None:
@@ -68,6 +73,7 @@ class LLM:
             raise TypeError(f"enforce_eager must be a bool, got {enforce_eager!r}")
         dtype = _dtype(dtype)
         device = _device(device)
+        self.tokenizer = None if skip_tokenizer_init else _tokenizer(model, tokenizer)
         self.model = load_model(ModelConfig.tiny() if model is None else model, device, dtype,
                                 seed)
         config = self.model.config
@@ -97,7 +103,8 @@ class LLM:
             kv_cache = SlottedKVCache(cache_config, *dims, max_model_len)
             max_num_seqs = min(max_num_seqs, cache_config.max_batch_size())
         self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
-                                min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager)
+                                min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager,
+                                self.tokenizer)
         # generate and beam_search hold it: a second thread waits for the first.
         self._lock = threading.Lock()
 
@@ -107,7 +114,7 @@ class LLM:
         """Completes every prompt (token ids: a list, tuple, 1-D tensor or
         array; or a list of them); one ``RequestOutput`` per prompt, in order,
         ``outputs[j].token_ids`` holding sample ``j``'s generated ids."""
-        prompts = prompt_list(prompts)
+        prompts = [resolve(p, self.tokenizer) for p in prompt_list(prompts)]
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
@@ -118,8 +125,9 @@ class LLM:
         with self._lock:
             requests = []
             try:
-                for p, sp in zip(prompts, sampling_params):
-                    requests.append(self.engine.add_request(p, sp))
+                for (ids, text), sp in zip(prompts, sampling_params):
+                    requests.append(self.engine.add_request(ids, sp))
+                    requests[-1].prompt = text
                 while self.engine.has_unfinished:
                     self.engine.step()
             except BaseException:
@@ -130,6 +138,27 @@ class LLM:
                     self.engine.abort(request)
                 raise
             return [r.output() for r in requests]
+
+    def get_tokenizer(self):
+        """The tokenizer that text prompts and outputs go through (None: ids only)."""
+        return self.tokenizer
+
+    def chat(self, messages: Union[List[dict], Sequence[List[dict]]],
+             sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+             add_generation_prompt: bool = True) -> List[RequestOutput]:
+        """Completes one conversation (a list of ``{"role", "content"}`` dicts) or
+        a list of them, each rendered by the tokenizer's chat template."""
+        if self.tokenizer is None:
+            raise ValueError("chat needs a tokenizer with a chat template, and this LLM has none")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = []
+        for conversation in conversations:
+            text = self.tokenizer.apply_chat_template(
+                list(conversation), tokenize=False, add_generation_prompt=add_generation_prompt)
+            # The template writes the special tokens it wants (a BOS among them).
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            prompts.append({"prompt_token_ids": ids, "prompt": text})
+        return self.generate(prompts, sampling_params)
 
     def beam_search(self, prompt: List[int], beam_width: int, max_tokens: int,
                     length_penalty: float = 1.0, ignore_eos: bool = False) -> RequestOutput:
@@ -162,6 +191,18 @@ def _dtype(dtype) -> Optional[torch.dtype]:
         return _DTYPES[dtype]
     raise ValueError(f"dtype must be None, float32, float16 or bfloat16 (a torch.dtype or its "
                      f"name), got {dtype!r}")
+
+
+def _tokenizer(model, tokenizer: Optional[str]):
+    """``tokenizer``'s directory, or the checkpoint's when it holds one, loaded."""
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if isinstance(model, str):
+        try:
+            return load_tokenizer(model)
+        except FileNotFoundError:
+            return None  # a checkpoint without tokenizer files: token ids only
+    return None
 
 
 def _device(device) -> torch.device:

@@ -7,13 +7,16 @@ from typing import List, Optional
 
 @dataclass
 class CompletionOutput:
-    """One completion: ``token_ids`` are the generated ids only (a stop id that
-    ended it included); ``finish_reason`` is "stop" or "length"."""
+    """One completion: ``token_ids`` are the generated ids only (a stop id, or
+    the token that completed a stop string, included); ``text`` their text when
+    the engine has a tokenizer (a stop string excluded unless asked for);
+    ``finish_reason`` is "stop" or "length"."""
 
     index: int
     token_ids: List[int]
     cumulative_logprob: float
     finish_reason: Optional[str]
+    text: str = ""
 
 
 @dataclass
@@ -27,3 +30,4 @@ class RequestOutput:
     outputs: List[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0
+    prompt: Optional[str] = None  # the prompt's text, when it was given as text

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import FrozenSet, List, Optional
+from typing import Any, FrozenSet, List, Optional
 
 import torch
 
@@ -37,8 +37,9 @@ class LLMEngine:
 
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len: int, seed: int = 0,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, tokenizer: Optional[Any] = None):
         self.model = model
+        self.tokenizer = tokenizer  # for output text and stop strings; None: ids only
         self.device = next(model.parameters()).device
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
@@ -69,8 +70,12 @@ class LLMEngine:
         if sampling_params is not None:
             p = sampling_params
             max_tokens, num_seqs = p.max_tokens, p.n
+            if max_tokens is None:
+                max_tokens = max(1, self.max_model_len - len(prompt_token_ids))
             stop_token_ids = frozenset(p.stop_token_ids) | (
                 frozenset() if p.ignore_eos else self.eos_token_ids)
+            if p.stop and self.tokenizer is None:
+                raise ValueError("stop strings need a tokenizer: the engine has none")
         if len(prompt_token_ids) + max_tokens > self.max_model_len:
             raise ValueError(f"prompt of {len(prompt_token_ids)} tokens + max_tokens={max_tokens} "
                              f"exceeds max_model_len={self.max_model_len}")
@@ -78,7 +83,7 @@ class LLMEngine:
             raise ValueError(f"a request of {num_seqs} sequences exceeds max_num_seqs="
                              f"{self.scheduler.max_num_seqs}")
         request = Request(self._next_request_id, prompt_token_ids, sampling_params,
-                          max_tokens, stop_token_ids, num_seqs)
+                          max_tokens, stop_token_ids, num_seqs, self.tokenizer)
         self._next_request_id += 1
         if sampling_params is not None:
             seed = sampling_params.seed

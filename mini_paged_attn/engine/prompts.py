@@ -1,14 +1,15 @@
 """Prompts as the engine takes them: lists of Python ints.
 
-A prompt may be a list or tuple of ints (numpy integers and 0-d integer
-tensors included), a 1-D integer tensor or numpy array, or any iterable of
-them; anything else is a ``TypeError`` or ``ValueError`` naming the prompt,
-never numpy's or torch's "truth value is ambiguous".
+A prompt may be text (with a tokenizer), vLLM's dict prompts, a list or tuple
+of ints (numpy integers and 0-d integer tensors included), a 1-D integer
+tensor or numpy array, or any iterable of them; anything else is a
+``TypeError`` or ``ValueError`` naming the prompt, never numpy's or torch's
+"truth value is ambiguous".
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any, List
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,10 +52,34 @@ def token_ids(prompt: Any, vocab_size: int, name: str = "prompt") -> List[int]:
     return ids
 
 
+def resolve(prompt: Any, tokenizer: Any) -> Tuple[Any, Optional[str]]:
+    """A prompt's token ids (unchecked) and its text: text is encoded with
+    ``tokenizer``; vLLM's dict prompts are ``{"prompt": text}`` or
+    ``{"prompt_token_ids": ids}``."""
+    if isinstance(prompt, dict):
+        if "prompt_token_ids" in prompt:
+            return prompt["prompt_token_ids"], prompt.get("prompt")
+        if "prompt" not in prompt:
+            raise ValueError(f"a dict prompt needs 'prompt' or 'prompt_token_ids', got keys "
+                             f"{sorted(prompt)}")
+        prompt = prompt["prompt"]
+        if not isinstance(prompt, str):
+            raise TypeError(f"a dict prompt's 'prompt' must be a string, got "
+                            f"{type(prompt).__name__}")
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer, and this LLM has none (pass "
+                             "tokenizer=, or give token ids)")
+        return tokenizer(prompt).input_ids, prompt
+    return prompt, None
+
+
 def prompt_list(prompts: Any) -> list:
     """One prompt, or a sequence (or iterable, or 2-D tensor) of prompts, as a list of prompts."""
-    if isinstance(prompts, (str, bytes)):
-        raise TypeError("prompts must be token ids, got a string (tokenize it first)")
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    if isinstance(prompts, bytes):
+        raise TypeError("prompts must be text or token ids, got bytes")
     if isinstance(prompts, (torch.Tensor, np.ndarray)):
         return [prompts] if prompts.ndim == 1 else list(prompts)
     try:

@@ -1,10 +1,11 @@
 """Request: one prompt and the sequences generated from it (vLLM's sequence group)."""
 from __future__ import annotations
 
-from typing import FrozenSet, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional
 
 from ..outputs import CompletionOutput, RequestOutput
 from ..sampling_params import SamplingParams
+from ..tokenizer import IncrementalDetokenizer, decode_output, find_stop
 from .sequence import Sequence, SequenceStatus
 
 
@@ -19,7 +20,7 @@ class Request:
 
     def __init__(self, request_id: int, prompt_token_ids: List[int],
                  sampling_params: Optional[SamplingParams], max_tokens: int,
-                 stop_token_ids: FrozenSet[int], num_seqs: int):
+                 stop_token_ids: FrozenSet[int], num_seqs: int, tokenizer: Optional[Any] = None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -30,6 +31,12 @@ class Request:
         self.seqs: List[Sequence] = []
         self.num_cached_tokens: Optional[int] = None  # prompt tokens served by the prefix cache
         self.seed = 0  # of its samples' noise: the params' seed, or one the engine drew
+        self.tokenizer = tokenizer
+        self.prompt: Optional[str] = None  # its text, when given as text
+        # Stop strings are matched on text built token by token, per sequence.
+        self.stops = sampling_params.stop if sampling_params is not None else []
+        self._detok: Dict[int, IncrementalDetokenizer] = {}
+        self._stop_text: Dict[int, str] = {}  # seq index -> its text, cut at the stop string
 
     @property
     def forked(self) -> bool:
@@ -49,12 +56,40 @@ class Request:
         """Sets ``seq.finish_reason`` if its last token ends it."""
         if seq.num_output_tokens and seq.token_ids[-1] in self.stop_token_ids:
             seq.finish_reason = "stop"
+        elif self.stops and seq.num_output_tokens and self._hits_stop_string(seq):
+            seq.finish_reason = "stop"
         elif seq.num_output_tokens >= self.max_tokens:
             seq.finish_reason = "length"
         return seq.finish_reason is not None
 
+    def _hits_stop_string(self, seq: Sequence) -> bool:
+        detok = self._detok.get(seq.index)
+        if detok is None:
+            detok = self._detok[seq.index] = IncrementalDetokenizer(
+                self.tokenizer, self.prompt_token_ids, self.sampling_params.skip_special_tokens)
+            for t in seq.output_token_ids[:-1]:  # a fork inherits its parent's tokens
+                detok.append(t)
+        delta = detok.append(seq.token_ids[-1])
+        at = find_stop(detok.text, len(delta), self.stops) if delta else None
+        if at is None:
+            return False
+        if self.sampling_params.include_stop_str_in_output:
+            stop = next(s for s in self.stops if detok.text.startswith(s, at))
+            at += len(stop)
+        self._stop_text[seq.index] = detok.text[:at]
+        return True
+
+    def _text(self, seq: Sequence) -> str:
+        if self.tokenizer is None:
+            return ""
+        if seq.index in self._stop_text:
+            return self._stop_text[seq.index]
+        skip = self.sampling_params.skip_special_tokens if self.sampling_params else True
+        return decode_output(self.tokenizer, self.prompt_token_ids, seq.output_token_ids, skip)
+
     def output(self) -> RequestOutput:
         outputs = [CompletionOutput(s.index, s.output_token_ids, s.cumulative_logprob,
-                                    s.finish_reason) for s in sorted(self.seqs, key=lambda s: s.index)]
+                                    s.finish_reason, self._text(s))
+                   for s in sorted(self.seqs, key=lambda s: s.index)]
         return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.finished,
-                             self.num_cached_tokens or 0)
+                             self.num_cached_tokens or 0, self.prompt)

@@ -45,8 +45,9 @@ def test_prompt_list_forms():
     assert len(prompt_list(torch.ones(3, 4, dtype=torch.long))) == 3
     assert len(prompt_list(np.ones(4, dtype=np.int64))) == 1
     assert prompt_list(p for p in [[1], [2]]) == [[1], [2]]
-    with pytest.raises(TypeError, match="string"):
-        prompt_list("hi")
+    assert prompt_list("hi") == ["hi"] and prompt_list({"prompt": "hi"}) == [{"prompt": "hi"}]
+    with pytest.raises(TypeError, match="bytes"):
+        prompt_list(b"hi")
     with pytest.raises(TypeError, match="prompts"):
         prompt_list(7)
 

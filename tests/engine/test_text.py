@@ -1,0 +1,122 @@
+"""Text in and out: the checkpoint's tokenizer (a byte-level BPE trained here,
+offline), text and dict prompts, output text, stop strings, chat templates and
+incremental detokenization across split UTF-8 characters."""
+import pytest
+import torch
+
+from mini_paged_attn import LLM, SamplingParams
+from mini_paged_attn.tokenizer import IncrementalDetokenizer, decode_output, find_stop
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+TEXT = ["The quick brown fox jumps over the lazy dog.", "Paged attention keeps KV in blocks.",
+        "héllo wörld, 世界 and 🎉 emoji", "def f(x):\n    return x + 1", "a b c d e f g"] * 20
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text_model")
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    bpe.train_from_iterator(TEXT, tokenizers.trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>",
+                                               eos_token="</s>")
+    tok.chat_template = CHAT
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=256,
+                                      eos_token_id=tok.eos_token_id)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoint):
+    return LLM(checkpoint, device="cpu", max_num_seqs=8)
+
+
+def test_text_and_dict_prompts(llm):
+    tok = llm.get_tokenizer()
+    ids = tok("The quick brown").input_ids
+    by_text = llm.generate("The quick brown", GREEDY)[0]
+    assert by_text.prompt == "The quick brown" and by_text.prompt_token_ids == ids
+    out = by_text.outputs[0]
+    assert out.text == tok.decode(out.token_ids, skip_special_tokens=True)
+    by_ids = llm.generate([ids], GREEDY)[0]
+    by_dict = llm.generate([{"prompt_token_ids": ids}, {"prompt": "The quick brown"}], GREEDY)
+    assert by_ids.outputs[0].token_ids == out.token_ids and by_ids.prompt is None
+    assert all(o.outputs[0].text == out.text for o in by_dict)
+    with pytest.raises(ValueError, match="prompt"):
+        llm.generate([{"text": "x"}], GREEDY)
+
+
+def test_stop_strings(llm):
+    free = llm.generate("Paged attention", SamplingParams(temperature=0, max_tokens=30,
+                                                          ignore_eos=True))[0].outputs[0]
+    assert len(free.text) > 6
+    stop = free.text[3:6]
+    cut = free.text.index(stop)
+    out = llm.generate("Paged attention", SamplingParams(temperature=0, max_tokens=30,
+                                                         ignore_eos=True, stop=[stop]))[0]
+    o = out.outputs[0]
+    assert o.finish_reason == "stop" and o.text == free.text[:cut]
+    assert free.token_ids[:len(o.token_ids)] == o.token_ids  # ends at the completing token
+    kept = llm.generate("Paged attention", SamplingParams(
+        temperature=0, max_tokens=30, ignore_eos=True, stop=stop,
+        include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text == free.text[:cut + len(stop)]
+
+
+def test_stop_strings_need_a_tokenizer(checkpoint):
+    bare = LLM(checkpoint, device="cpu", skip_tokenizer_init=True)
+    assert bare.get_tokenizer() is None
+    with pytest.raises(ValueError, match="tokenizer"):
+        bare.generate([[5, 6]], SamplingParams(stop=["x"]))
+    with pytest.raises(ValueError, match="tokenizer"):
+        bare.generate("text")
+    assert bare.generate([[5, 6]], GREEDY)[0].outputs[0].text == ""
+
+
+def test_chat_applies_the_template(llm):
+    messages = [{"role": "user", "content": "hello"}]
+    out = llm.chat(messages, GREEDY)[0]
+    assert out.prompt == "<|user|>hello</s><|assistant|>"
+    ids = llm.get_tokenizer()(out.prompt, add_special_tokens=False).input_ids
+    assert out.prompt_token_ids == ids
+    assert llm.chat([messages, messages], GREEDY)[1].outputs[0].token_ids == \
+        out.outputs[0].token_ids
+
+
+def test_max_tokens_none_runs_to_the_model_length(llm):
+    out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=None,
+                                                   ignore_eos=True))[0].outputs[0]
+    assert len(out.token_ids) == 256 - 3 and out.finish_reason == "length"
+
+
+def test_incremental_text_across_split_characters(llm):
+    tok = llm.get_tokenizer()
+    text = "héllo wörld, 世界 and 🎉 emoji"
+    ids = tok(text, add_special_tokens=False).input_ids
+    # Byte-level BPE splits the CJK and emoji bytes over several tokens.
+    assert any("\ufffd" in tok.decode([t]) for t in ids)
+    detok = IncrementalDetokenizer(tok, [], skip_special_tokens=True)
+    pieces = [detok.append(t) for t in ids]
+    assert "".join(pieces) == detok.text == text
+    assert all("\ufffd" not in p for p in pieces)
+    prompt = tok("The quick", add_special_tokens=False).input_ids
+    assert decode_output(tok, prompt, ids) == text
+
+
+def test_find_stop():
+    assert find_stop("abcdef", 2, ["de", "f"]) == 3
+    assert find_stop("abcdef", 1, ["bc"]) is None  # completed by earlier characters
+    assert find_stop("abcdef", 1, ["ef", "cdef"]) == 2
