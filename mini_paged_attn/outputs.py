@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 @dataclass
@@ -17,6 +17,8 @@ class CompletionOutput:
     cumulative_logprob: float
     finish_reason: Optional[str]
     text: str = ""
+    # With SamplingParams.logprobs: per token, {token id: log-probability}.
+    logprobs: Optional[List[Dict[int, float]]] = None
 
 
 @dataclass

@@ -18,6 +18,14 @@ class SamplingParams:
         temperature: 0 (or below 1e-5) is greedy; higher flattens the distribution.
         top_p: keep the smallest set of tokens whose probability adds up to ``top_p``.
         top_k: keep the ``top_k`` most likely tokens (-1 or 0: all).
+        min_p: drop tokens less likely than ``min_p`` times the most likely one.
+        presence_penalty, frequency_penalty: subtracted from the logit of each
+            output token once (presence) or once per occurrence (frequency).
+        repetition_penalty: divides the positive (multiplies the negative)
+            logits of every token seen in the prompt or the output.
+        min_tokens: tokens to generate before a stop id or string may end it.
+        logprobs: report, for each generated token, the ``logprobs`` most likely
+            tokens and the chosen one with their log-probabilities.
         max_tokens: tokens to generate at most (None: up to the model's length).
         stop_token_ids: ids that end a completion (the id is kept in its output).
         stop: strings that end a completion (needs the engine's tokenizer); the
@@ -31,6 +39,12 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    logprobs: Optional[int] = None
     max_tokens: Optional[int] = 16
     stop_token_ids: List[int] = field(default_factory=list)
     stop: Union[str, List[str], None] = None
@@ -53,6 +67,23 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 (all), 0 (all) or a positive int, got "
                              f"{self.top_k!r}")
         self.top_k = int(self.top_k)
+        self.min_p = finite_real("min_p", self.min_p)
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            setattr(self, name, finite_real(name, getattr(self, name)))
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
+        self.repetition_penalty = finite_real("repetition_penalty", self.repetition_penalty)
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not is_int(self.min_tokens) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be an int >= 0, got {self.min_tokens!r}")
+        self.min_tokens = int(self.min_tokens)
+        if self.logprobs is not None:
+            if not is_int(self.logprobs) or self.logprobs < 0:
+                raise ValueError(f"logprobs must be None or an int >= 0, got {self.logprobs!r}")
+            self.logprobs = int(self.logprobs)
         if self.max_tokens is not None:
             if not is_int(self.max_tokens) or self.max_tokens < 1:
                 raise ValueError(f"max_tokens must be None or an int >= 1, got "
@@ -78,11 +109,25 @@ class SamplingParams:
         for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
+                             f"({self.max_tokens})")
         if self.seed is not None:
             # The seed travels as an int64 next to the logits.
             if not is_int(self.seed) or not -2**63 <= self.seed < 2**63:
                 raise ValueError(f"seed must be None or an int64, got {self.seed!r}")
             self.seed = int(self.seed)
+
+    @property
+    def has_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or
+                    self.repetition_penalty != 1)
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether sampling a token needs the host to know every token before it
+        (so the engine does not launch a step before reading the last one)."""
+        return self.has_penalties or self.min_tokens > 0 or self.logprobs is not None
 
     @property
     def greedy(self) -> bool:

@@ -11,6 +11,7 @@ from ..cache.kv_cache import KVCache
 from ..models.llama import LlamaForCausalLM
 from ..sampling_params import SamplingParams
 from .host_to_device import to_device
+from .logits_processors import process_logits, top_logprobs
 from .model_runner import ModelRunner
 from .overlap import OverlappedDecoder
 from .prompts import token_ids
@@ -162,9 +163,12 @@ class LLMEngine:
             return []
         if rows != list(range(len(due))):
             logits = logits[to_device(rows, torch.int64, logits.device)]
+        logits = process_logits(logits, targets)
         tokens, logprobs = self.sampler(
             logits, [s.request.sampling_params for s in targets], [s.seed for s in targets],
             [s.num_tokens for s in targets])
+        for i, top in top_logprobs(logits, targets, tokens).items():
+            targets[i].output_logprobs.append(top)
         finished = []
         for seq, token, logprob in zip(targets, tokens, logprobs):
             request = self.append_token(seq, token, logprob)

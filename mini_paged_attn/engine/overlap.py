@@ -64,7 +64,8 @@ class OverlappedDecoder:
         running = scheduler.running
         if scheduler.waiting or not running or len(running) > self.engine.runner.buckets[-1]:
             return False
-        if any(s.request.sampling_params is None or not s.request.forked for s in running):
+        if any(s.request.sampling_params is None or not s.request.forked
+               or s.request.sampling_params.needs_history for s in running):
             return False
         # In flight, every running sequence is in the step (nothing else can join).
         return self.inflight is not None or all(s.wants_decode_slot for s in running)

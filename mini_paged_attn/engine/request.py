@@ -54,9 +54,11 @@ class Request:
 
     def check_stop(self, seq: Sequence) -> bool:
         """Sets ``seq.finish_reason`` if its last token ends it."""
-        if seq.num_output_tokens and seq.token_ids[-1] in self.stop_token_ids:
+        early = self.sampling_params is not None and \
+            seq.num_output_tokens < self.sampling_params.min_tokens
+        if seq.num_output_tokens and not early and seq.token_ids[-1] in self.stop_token_ids:
             seq.finish_reason = "stop"
-        elif self.stops and seq.num_output_tokens and self._hits_stop_string(seq):
+        elif self.stops and seq.num_output_tokens and self._hits_stop_string(seq) and not early:
             seq.finish_reason = "stop"
         elif seq.num_output_tokens >= self.max_tokens:
             seq.finish_reason = "length"
@@ -88,8 +90,10 @@ class Request:
         return decode_output(self.tokenizer, self.prompt_token_ids, seq.output_token_ids, skip)
 
     def output(self) -> RequestOutput:
+        asked = self.sampling_params is not None and self.sampling_params.logprobs is not None
         outputs = [CompletionOutput(s.index, s.output_token_ids, s.cumulative_logprob,
-                                    s.finish_reason, self._text(s))
+                                    s.finish_reason, self._text(s),
+                                    s.output_logprobs if asked else None)
                    for s in sorted(self.seqs, key=lambda s: s.index)]
         return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.finished,
                              self.num_cached_tokens or 0, self.prompt)

@@ -1,5 +1,5 @@
 """Sampler: every row of a step's logits in one batched call, no Python loop
-over rows and no sort unless a row asks for top-k or top-p."""
+over rows and no sort unless a row asks for top-k, top-p or min-p."""
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -18,10 +18,10 @@ def sample_seed(seed: int, index: int) -> int:
 
 class Sampler:
     """Greedy rows take the argmax. The others draw from ``softmax(logits / T)``
-    with the Gumbel-max trick, restricted to top-k and then top-p (on the
-    renormalised top-k) when asked: both shrink the draw to the tokens at or
-    above a per-row threshold, found by a partial ``topk`` (top-k) or a sort
-    (top-p) of those rows alone. The noise is counter-based, a function of
+    with the Gumbel-max trick, restricted to top-k, then top-p (on the
+    renormalised top-k), then min-p when asked: each shrinks the draw to the
+    tokens at or above a per-row threshold, found by a partial ``topk``
+    (top-k) or a sort (top-p, min-p) of those rows alone. The noise is counter-based, a function of
     (row seed, position, token) (``ops.sample_tokens``), so a seeded sequence
     draws the same tokens whatever else is in the batch."""
 
@@ -46,7 +46,7 @@ class Sampler:
                                 torch.float32, device)
         min_scaled = torch.full((rows,), float("-inf"), device=device)
         filtered = [i for i, p in enumerate(params)
-                    if not p.greedy and (0 < p.top_k < vocab or p.top_p < 1)]
+                    if not p.greedy and (0 < p.top_k < vocab or p.top_p < 1 or p.min_p > 0)]
         if filtered:
             idx = to_device(filtered, torch.int64, device)
             min_scaled[idx] = _thresholds(logits[idx].float() * (1.0 / temperature[idx, None]),
@@ -56,7 +56,7 @@ class Sampler:
 
 
 def _thresholds(scaled: torch.Tensor, params: List[SamplingParams]) -> torch.Tensor:
-    """The smallest scaled logit each row keeps under its top-k and top-p."""
+    """The smallest scaled logit each row keeps under its top-k, top-p and min-p."""
     rows, vocab = scaled.shape
     device = scaled.device
     top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
@@ -73,4 +73,7 @@ def _thresholds(scaled: torch.Tensor, params: List[SamplingParams]) -> torch.Ten
     # most likely token always stays).
     keep = (rank < k) & (probs.cumsum(dim=-1) - probs < top_p)
     last = keep.sum(dim=-1, keepdim=True) - 1
-    return values.gather(1, last)[:, 0]
+    threshold = values.gather(1, last)[:, 0]
+    # min-p: p >= min_p * p_max, i.e. scaled >= scaled_max + log(min_p).
+    min_p = to_device([p.min_p for p in params], torch.float32, device)
+    return torch.maximum(threshold, values[:, 0] + torch.log(min_p))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 
@@ -41,6 +41,8 @@ class Sequence:
         self.seed = seed  # of its sampling noise (Sampler)
         # Beam search: log-probabilities of the next token, once every token is computed.
         self.logprobs: Optional[torch.Tensor] = None
+        # SamplingParams.logprobs: per output token, {token id: log-probability}.
+        self.output_logprobs: List[Dict[int, float]] = []
 
     @property
     def num_tokens(self) -> int:
@@ -75,6 +77,7 @@ class Sequence:
         child.num_slots = self.num_slots
         child.status = self.status
         child.cumulative_logprob = self.cumulative_logprob
+        child.output_logprobs = list(self.output_logprobs)
         return child
 
     def __repr__(self) -> str:
