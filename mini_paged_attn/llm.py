@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
@@ -108,12 +108,13 @@ class LLM:
         # generate and beam_search hold it: a second thread waits for the first.
         self._lock = threading.Lock()
 
-    def generate(self, prompts: Union[List[int], Sequence[List[int]]],
+    def generate(self, prompts: Any,
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
                  ) -> List[RequestOutput]:
-        """Completes every prompt (token ids: a list, tuple, 1-D tensor or
-        array; or a list of them); one ``RequestOutput`` per prompt, in order,
-        ``outputs[j].token_ids`` holding sample ``j``'s generated ids."""
+        """Completes every prompt (text, with a tokenizer; ``{"prompt": text}`` or
+        ``{"prompt_token_ids": ids}``; token ids as a list, tuple, 1-D tensor or
+        array; or a list of any of these); one ``RequestOutput`` per prompt, in
+        order, ``outputs[j]`` holding sample ``j``'s ids (and text)."""
         prompts = [resolve(p, self.tokenizer) for p in prompt_list(prompts)]
         if sampling_params is None:
             sampling_params = SamplingParams()
