@@ -1,9 +1,11 @@
 """LLM: the offline-inference entry point, ``LLM(...).generate(prompts, params)``."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
 import warnings
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -17,6 +19,7 @@ from .engine.beam_search import beam_search
 from .engine.llm_engine import LLMEngine
 from .engine.memory import check_kv_budget
 from .engine.prompts import prompt_list, resolve, token_ids
+from .engine.request import Request
 from .models.config import ModelConfig
 from .models.loader import load_model
 from .outputs import RequestOutput
@@ -51,10 +54,10 @@ class LLM:
             has tokenizer files); text prompts, output text and stop strings use it.
         skip_tokenizer_init: load no tokenizer: token ids in and out only.
 
-    ``generate`` and ``beam_search`` are serialised by a lock (a second thread
-    waits for the first) and are exception-safe: if anything raises during a
-    call, ``KeyboardInterrupt`` included, that call's requests are aborted and
-    the engine is idle and usable again.
+    ``generate``, ``stream`` and ``beam_search`` are serialised by a lock (a
+    second thread waits for the first) and are exception-safe: if anything
+    raises during a call, ``KeyboardInterrupt`` included, that call's requests
+    are aborted and the engine is idle and usable again.
     """
 
     def __init__(self, model: Union[str, ModelConfig, None] = None,
@@ -105,16 +108,81 @@ class LLM:
         self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
                                 min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager,
                                 self.tokenizer)
-        # generate and beam_search hold it: a second thread waits for the first.
-        self._lock = threading.Lock()
+        # generate, stream and beam_search hold it: a second thread waits for
+        # the first. Re-entrant, so a call made while iterating a stream on the
+        # same thread runs the engine (the stream's requests included) instead
+        # of waiting for itself.
+        self._lock = threading.RLock()
 
     def generate(self, prompts: Any,
-                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
-                 ) -> List[RequestOutput]:
+                 sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+                 use_tqdm: Optional[bool] = None) -> List[RequestOutput]:
         """Completes every prompt (text, with a tokenizer; ``{"prompt": text}`` or
         ``{"prompt_token_ids": ids}``; token ids as a list, tuple, 1-D tensor or
         array; or a list of any of these); one ``RequestOutput`` per prompt, in
-        order, ``outputs[j]`` holding sample ``j``'s ids (and text)."""
+        order, ``outputs[j]`` holding sample ``j``'s ids (and text). A tqdm bar
+        counts finished requests when ``use_tqdm`` (default: when stderr is a
+        terminal and tqdm is installed)."""
+        jobs = self._jobs(prompts, sampling_params)
+        with self._lock:
+            requests: List[Request] = []
+            bar = _progress_bar(len(jobs), use_tqdm)
+            try:
+                requests = self._add(jobs)
+                while self.engine.has_unfinished:
+                    done = self.engine.step()
+                    if bar is not None:
+                        bar.update(len(done))
+            except BaseException:
+                # All or nothing: whatever raised (a bad prompt, an error inside
+                # a step, KeyboardInterrupt), this call's requests leave the
+                # engine and free their blocks, and the engine is idle again.
+                for request in requests:
+                    self.engine.abort(request)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            return [r.output() for r in requests]
+
+    def stream(self, prompts: Any,
+               sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None
+               ) -> Iterator[RequestOutput]:
+        """Like :meth:`generate`, but yields a request's output (cumulative: all
+        its tokens and text so far) each time it gains tokens, the last one with
+        ``finished`` set. Leaving the loop early (``break``, an exception)
+        aborts this call's unfinished requests and frees their blocks. The
+        engine is held until the iteration ends."""
+        jobs = self._jobs(prompts, sampling_params)
+        with self._lock:
+            requests: List[Request] = []
+            try:
+                requests = self._add(jobs)
+                sent = {r.request_id: (-1, False) for r in requests}
+
+                def changed():
+                    for r in requests:
+                        state = (sum(s.num_output_tokens for s in r.seqs), r.finished)
+                        if state != sent[r.request_id]:
+                            sent[r.request_id] = state
+                            yield r.output()
+
+                while True:
+                    yield from changed()
+                    # Checked after the yields: a call on this thread may have
+                    # run the engine while this generator was suspended.
+                    if not self.engine.has_unfinished:
+                        break
+                    self.engine.step()
+                yield from changed()
+            finally:
+                for r in requests:
+                    if not r.finished:
+                        self.engine.abort(r)
+
+    def _jobs(self, prompts: Any, sampling_params) -> List[Tuple[Any, Optional[str],
+                                                                 SamplingParams]]:
+        """(token ids, text, params) per prompt, checked before anything runs."""
         prompts = [resolve(p, self.tokenizer) for p in prompt_list(prompts)]
         if sampling_params is None:
             sampling_params = SamplingParams()
@@ -123,22 +191,20 @@ class LLM:
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} "
                              f"prompts")
-        with self._lock:
-            requests = []
-            try:
-                for (ids, text), sp in zip(prompts, sampling_params):
-                    requests.append(self.engine.add_request(ids, sp))
-                    requests[-1].prompt = text
-                while self.engine.has_unfinished:
-                    self.engine.step()
-            except BaseException:
-                # All or nothing: whatever raised (a bad prompt, an error inside
-                # a step, KeyboardInterrupt), this call's requests leave the
-                # engine and free their blocks, and the engine is idle again.
-                for request in requests:
-                    self.engine.abort(request)
-                raise
-            return [r.output() for r in requests]
+        return [(ids, text, sp) for (ids, text), sp in zip(prompts, sampling_params)]
+
+    def _add(self, jobs) -> List[Request]:
+        """Queues the jobs; if one is refused, none stays queued."""
+        requests: List[Request] = []
+        try:
+            for ids, text, sp in jobs:
+                requests.append(self.engine.add_request(ids, sp))
+                requests[-1].prompt = text
+        except BaseException:
+            for request in requests:
+                self.engine.abort(request)
+            raise
+        return requests
 
     def get_tokenizer(self):
         """The tokenizer that text prompts and outputs go through (None: ids only)."""
@@ -192,6 +258,16 @@ def _dtype(dtype) -> Optional[torch.dtype]:
         return _DTYPES[dtype]
     raise ValueError(f"dtype must be None, float32, float16 or bfloat16 (a torch.dtype or its "
                      f"name), got {dtype!r}")
+
+
+def _progress_bar(total: int, use_tqdm: Optional[bool]):
+    """A tqdm bar over ``total`` requests, or None."""
+    if use_tqdm is None:
+        use_tqdm = sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None
+    if not use_tqdm:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="generate", unit="req")
 
 
 def _tokenizer(model, tokenizer: Optional[str]):
