@@ -94,18 +94,22 @@ class AsyncLLM:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: Any, sampling_params: Optional[SamplingParams] = None
-               ) -> RequestStream:
-        """Queues one prompt (any form ``LLM.generate`` takes). Bad input raises
-        here, in the caller, with nothing queued."""
+    def submit(self, prompt: Any, sampling_params: Optional[SamplingParams] = None,
+               loop: Optional[asyncio.AbstractEventLoop] = None) -> RequestStream:
+        """Queues one prompt (any form ``LLM.generate`` takes) and returns its
+        stream, for ``async for`` on ``loop`` (default: the running loop, if
+        any) or plain iteration. Bad input raises here, in the caller, with
+        nothing queued. It waits for the engine thread to admit the request
+        (at most one step): from an event loop, call it in a worker thread."""
         jobs = self.llm._jobs(prompt, sampling_params)
         if len(jobs) != 1:
             raise ValueError(f"submit takes one prompt, got {len(jobs)}")
         ((ids, text, sp),) = jobs
-        try:
-            loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
         stream = RequestStream(self, loop)
         errors: "queue.Queue[Optional[BaseException]]" = queue.Queue()
         with self._cond:

@@ -2,41 +2,20 @@
 offline), text and dict prompts, output text, stop strings, chat templates and
 incremental detokenization across split UTF-8 characters."""
 import pytest
-import torch
 
 from mini_paged_attn import LLM, SamplingParams
 from mini_paged_attn.tokenizer import IncrementalDetokenizer, decode_output, find_stop
+from text_checkpoint import make_text_checkpoint
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
 
-TEXT = ["The quick brown fox jumps over the lazy dog.", "Paged attention keeps KV in blocks.",
-        "héllo wörld, 世界 and 🎉 emoji", "def f(x):\n    return x + 1", "a b c d e f g"] * 20
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text_model")
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    bpe.train_from_iterator(TEXT, tokenizers.trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>",
-                                               eos_token="</s>")
-    tok.chat_template = CHAT
-    tok.save_pretrained(path)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, max_position_embeddings=256,
-                                      eos_token_id=tok.eos_token_id)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
+    return make_text_checkpoint(tmp_path_factory.mktemp("text_model"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,128 @@
+"""The OpenAI-compatible server, live on localhost, driven by the official
+openai client: completions, chat, streaming, concurrent streaming clients
+(each exactly its own greedy tokens), a disconnect freeing its request,
+400s for bad requests while the server keeps serving, and /metrics."""
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from mini_paged_attn import LLM, SamplingParams
+from text_checkpoint import make_text_checkpoint
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+from mini_paged_attn.engine.async_llm import AsyncLLM  # noqa: E402
+from mini_paged_attn.server.api_server import build_app  # noqa: E402
+
+MODEL = "tiny-bpe"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    path = make_text_checkpoint(tmp_path_factory.mktemp("served"))
+    llm = LLM(path, device="cpu", max_num_seqs=64)
+    server = AsyncLLM(llm)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(build_app(server, MODEL), host="127.0.0.1", port=port,
+                            log_level="warning")
+    http = uvicorn.Server(config)
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield base, llm, server
+    http.should_exit = True
+    thread.join(timeout=10)
+    server.shutdown()
+
+
+def _client(base):
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+
+
+def test_models_completions_and_chat(live):
+    base, llm, _ = live
+    client = _client(base)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    got = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=8,
+                                    temperature=0)
+    ref = llm.generate("The quick brown", SamplingParams(temperature=0, max_tokens=8))[0]
+    assert got.choices[0].text == ref.outputs[0].text
+    assert got.usage.prompt_tokens == len(ref.prompt_token_ids)
+    assert got.usage.completion_tokens == len(ref.outputs[0].token_ids)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=6,
+        temperature=0)
+    ref = llm.chat([{"role": "user", "content": "hello"}],
+                   SamplingParams(temperature=0, max_tokens=6))[0]
+    assert chat.choices[0].message.content == ref.outputs[0].text
+
+
+def test_concurrent_streaming_clients_get_their_own_tokens(live):
+    base, llm, _ = live
+    prompts = [f"a b c {i}" for i in range(64)]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    reference = [o.outputs[0].text for o in llm.generate(prompts, params)]
+
+    async def one(client, prompt):
+        stream = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=6,
+                                                 temperature=0, stream=True,
+                                                 extra_body={"ignore_eos": True})
+        return "".join([c.choices[0].text async for c in stream])
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        return await asyncio.gather(*(one(client, p) for p in prompts))
+
+    assert asyncio.run(main()) == reference
+
+
+def test_a_disconnect_frees_the_request(live):
+    base, _, server = live
+    with httpx.stream("POST", f"{base}/v1/completions",
+                      json={"model": MODEL, "prompt": "The", "max_tokens": 200,
+                            "temperature": 0, "stream": True, "ignore_eos": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # leave after the first chunk: the connection closes
+    for _ in range(200):
+        if not server.engine.has_unfinished:
+            break
+        time.sleep(0.05)
+    assert not server.engine.has_unfinished
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "other", "prompt": "x"},
+    {"model": MODEL, "prompt": "x", "temperature": -1},
+    {"model": MODEL, "prompt": "x", "max_tokens": 10**6},
+    {"model": MODEL},
+], ids=["unknown-model", "bad-temperature", "too-long", "no-prompt"])
+def test_bad_requests_are_400_and_the_server_goes_on(live, body):
+    base, _, _ = live
+    r = httpx.post(f"{base}/v1/completions", json=body)
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(f"{base}/v1/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    ok = httpx.post(f"{base}/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_metrics(live):
+    base, _, _ = live
+    text = httpx.get(f"{base}/metrics").text
+    for name in ("mpa_requests_running", "mpa_kv_blocks_total", "mpa_generation_tokens_total",
+                 "mpa_time_to_first_token_seconds_bucket", "mpa_prefix_cache_hit_rate"):
+        assert name in text
