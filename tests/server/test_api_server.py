@@ -126,3 +126,13 @@ def test_metrics(live):
     for name in ("mpa_requests_running", "mpa_kv_blocks_total", "mpa_generation_tokens_total",
                  "mpa_time_to_first_token_seconds_bucket", "mpa_prefix_cache_hit_rate"):
         assert name in text
+
+
+def test_api_key(live):
+    from fastapi.testclient import TestClient
+
+    _, _, server = live
+    client = TestClient(build_app(server, MODEL, api_key="sesame"))
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+    assert client.get("/health").status_code == 200  # no key needed
