@@ -1,4 +1,5 @@
 """``python -m mini_paged_attn serve MODEL_DIR``."""
 from .cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds a wheel, installs it with the CPU torch into a fresh virtualenv outside
-# the repository, imports every subpackage and runs one generate: what a user
-# of `pip install` gets, not the editable tree. Run by .ci/run after make test.
+# Builds a wheel, installs it (with its serve extra) and the CPU torch into a
+# fresh virtualenv outside the repository, imports every module, runs one
+# generate and the CLI's help: what a user of `pip install` gets, not the
+# editable tree. Run by .ci/run after make test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -15,7 +16,9 @@ rm -rf build/lib.*
 MAX_JOBS="${JOBS:-2}" "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/dist" .
 python3 -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install -q "$TORCH_SPEC"
-"$WORK/venv/bin/python" -m pip install -q "$WORK"/dist/mini_paged_attn-*.whl
+# With the serve extra (transformers, fastapi, ...), so that every module imports.
+wheel=$(ls "$WORK"/dist/mini_paged_attn-*.whl)
+"$WORK/venv/bin/python" -m pip install -q "${wheel}[serve]"
 cd "$WORK"
 "$WORK/venv/bin/python" - <<'PY'
 import importlib
@@ -30,6 +33,9 @@ for name in names:
 assert "site-packages" in mini_paged_attn.__file__, mini_paged_attn.__file__
 tokens = LLM(device="cpu").generate([[1, 2, 3]], SamplingParams(max_tokens=4))[0].outputs[0]
 assert len(tokens.token_ids) == 4
+import subprocess, sys
+subprocess.run([sys.executable, "-m", "mini_paged_attn", "serve", "--help"], check=True,
+               capture_output=True)
 print(f"check_wheel: mini_paged_attn {mini_paged_attn.__version__} from a wheel: "
       f"{len(names)} modules import, generate works")
 PY
