@@ -110,9 +110,10 @@ void BlockTables::check_token_ids(const TokenIds& token_ids, int64_t n) const {
 
 void BlockTables::check_positions(int64_t row, int64_t start, int64_t n) const {
   const int64_t len = live_row(row).len;
-  if (start < 0 || n < 0 || start + n > len) {
-    throw std::invalid_argument("positions [" + std::to_string(start) + ", " +
-                                std::to_string(start + n) + ") are outside the sequence of " +
+  // Compared as n > len - start: start + n itself could overflow int64.
+  if (start < 0 || n < 0 || start > len || n > len - start) {
+    throw std::invalid_argument(std::to_string(n) + " positions from " +
+                                std::to_string(start) + " are outside the sequence of " +
                                 std::to_string(len) + " tokens");
   }
 }
@@ -363,14 +364,15 @@ at::Tensor BlockTables::slot_mapping(int64_t row, int64_t start, int64_t n) cons
 
 bool BlockTables::can_add(int64_t seq_len) const {
   check_non_negative("num_tokens", seq_len);
-  return !free_rows_.empty() && num_blocks_for(seq_len) <= max_blocks_per_seq_ &&
+  // Capacity first: num_blocks_for of a huge length would overflow.
+  return !free_rows_.empty() && seq_len <= max_blocks_per_seq_ * block_size_ &&
          num_blocks_for(seq_len) <= bm_.get_num_free_blocks();
 }
 
 bool BlockTables::can_append(int64_t row, int64_t n) const {
   const int64_t len = live_row(row).len;
   check_non_negative("num_tokens", n);
-  if (num_blocks_for(len + n) > max_blocks_per_seq_) return false;
+  if (n > max_blocks_per_seq_ * block_size_ - len) return false;
   std::lock_guard<std::mutex> lock(bm_.mutex_);
   return blocks_to_append_locked(row, n) <= bm_.num_available_locked();
 }

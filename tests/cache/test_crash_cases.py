@@ -48,6 +48,14 @@ t = tables(); t.block_manager.free(t["a"][0])
 """, "RuntimeError"),
     "huge append": ('t = tables(); t.append_slots("a", 2**63 - 3)', "ValueError"),
     "negative append": ('t = tables(); t.append_slots("a", -1)', "ValueError"),
+    "positions that overflow int64": ('t = tables(); t.make_writable("a", 2**62, 2**62)',
+                                      "ValueError"),
+    "slots that overflow int64": ('t = tables(); t.slot_mapping("a", 2**63 - 1, 2)',
+                                  "ValueError"),
+    "huge lengths asked about": ("""
+t = tables(); assert not t.can_allocate(num_tokens=2**63 - 1)
+assert not t.can_allocate("a", 2**63 - 2)
+""", "ok"),
     "huge block manager": ("BlockManager(2**62)", "ValueError"),
     "huge block tables": ("BlockTables(BlockManager(4), 2**40, 8, 16)", "ValueError"),
     "huge allocate_blocks": ("BlockManager(4).allocate_blocks(2**62)", "OutOfBlocksError"),
