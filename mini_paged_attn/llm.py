@@ -162,9 +162,8 @@ class LLM:
 
                 def changed():
                     for r in requests:
-                        state = (sum(s.num_output_tokens for s in r.seqs), r.finished)
-                        if state != sent[r.request_id]:
-                            sent[r.request_id] = state
+                        if r.progress != sent[r.request_id]:
+                            sent[r.request_id] = r.progress
                             yield r.output()
 
                 while True:

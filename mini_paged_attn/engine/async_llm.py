@@ -184,7 +184,7 @@ class AsyncLLM:
         """Sends every active request whose output changed; ends finished ones."""
         still = []
         for stream, request, sent in self._active:
-            state = (sum(s.num_output_tokens for s in request.seqs), request.finished)
+            state = request.progress
             if state != sent:
                 stream._put(request.output())
             if request.finished:

@@ -1,7 +1,7 @@
 """Request: one prompt and the sequences generated from it (vLLM's sequence group)."""
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, List, Optional
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ..outputs import CompletionOutput, RequestOutput
 from ..sampling_params import SamplingParams
@@ -51,6 +51,11 @@ class Request:
     @property
     def finished(self) -> bool:
         return all(s.status == SequenceStatus.FINISHED for s in self.seqs)
+
+    @property
+    def progress(self) -> Tuple[int, bool]:
+        """(tokens generated so far, finished): changes exactly when its output does."""
+        return sum(s.num_output_tokens for s in self.seqs), self.finished
 
     def check_stop(self, seq: Sequence) -> bool:
         """Sets ``seq.finish_reason`` if its last token ends it."""

@@ -211,7 +211,7 @@ def test_writing_the_exposed_tensors_changes_nothing():
     tables = BlockTables(bm, 4, 8, 4)
     tables.add_sequence("a", 10)
     tables.add_sequence("b", 6)
-    owned_a, owned_b = tables["a"], tables["b"]
+    owned_b = tables["b"]
     tables.block_table[0, :3] = torch.tensor([2**30, -5, owned_b[0]], dtype=torch.int32)
     tables.context_lens[0] = 10**6
     tables.free_sequence("a")
