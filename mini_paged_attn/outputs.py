@@ -25,7 +25,9 @@ class CompletionOutput:
 class RequestOutput:
     """The completions of one prompt, ``outputs[j]`` for sample or beam ``j``
     (beams best first); ``num_cached_tokens`` of the prompt came from the prefix
-    cache."""
+    cache. With SamplingParams.prompt_logprobs, ``prompt_logprobs`` has one
+    entry per prompt token: None for the first, then {token id: log-probability}
+    as in ``CompletionOutput.logprobs``."""
 
     request_id: int
     prompt_token_ids: List[int]
@@ -33,3 +35,4 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     prompt: Optional[str] = None  # the prompt's text, when it was given as text
+    prompt_logprobs: Optional[List[Optional[Dict[int, float]]]] = None

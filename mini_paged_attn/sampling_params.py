@@ -26,6 +26,11 @@ class SamplingParams:
         min_tokens: tokens to generate before a stop id or string may end it.
         logprobs: report, for each generated token, the ``logprobs`` most likely
             tokens and the chosen one with their log-probabilities.
+        prompt_logprobs: report, for each prompt token after the first, the
+            ``prompt_logprobs`` most likely tokens of the distribution that
+            predicted it and the token itself, with their log-probabilities under
+            the raw model (before penalties and temperature). Such a request
+            computes its whole prompt: it takes no prefix-cache hit.
         max_tokens: tokens to generate at most (None: up to the model's length).
         stop_token_ids: ids that end a completion (the id is kept in its output).
         stop: strings that end a completion (needs the engine's tokenizer); the
@@ -45,6 +50,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     min_tokens: int = 0
     logprobs: Optional[int] = None
+    prompt_logprobs: Optional[int] = None
     max_tokens: Optional[int] = 16
     stop_token_ids: List[int] = field(default_factory=list)
     stop: Union[str, List[str], None] = None
@@ -80,10 +86,12 @@ class SamplingParams:
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             raise ValueError(f"min_tokens must be an int >= 0, got {self.min_tokens!r}")
         self.min_tokens = int(self.min_tokens)
-        if self.logprobs is not None:
-            if not is_int(self.logprobs) or self.logprobs < 0:
-                raise ValueError(f"logprobs must be None or an int >= 0, got {self.logprobs!r}")
-            self.logprobs = int(self.logprobs)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                if not is_int(value) or value < 0:
+                    raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+                setattr(self, name, int(value))
         if self.max_tokens is not None:
             if not is_int(self.max_tokens) or self.max_tokens < 1:
                 raise ValueError(f"max_tokens must be None or an int >= 1, got "

@@ -75,9 +75,10 @@ class KVCache(ABC):
         """Whether ``seq`` (with all its tokens) can be added now."""
 
     @abstractmethod
-    def add(self, seq) -> int:
+    def add(self, seq, reuse_prefix: bool = True) -> int:
         """Gives ``seq`` slots for all its tokens; returns how many leading ones
-        already hold their K/V (prefix cache), to skip computing."""
+        already hold their K/V (prefix cache), to skip computing: none unless
+        ``reuse_prefix``."""
 
     @abstractmethod
     def can_append(self, seq) -> bool:

@@ -46,8 +46,19 @@ class PagedKVCache(KVCache):
     def can_add(self, seq) -> bool:
         return self.tables.can_allocate(num_tokens=seq.num_tokens)
 
-    def add(self, seq) -> int:
-        num_cached = self.tables.add_sequence(seq.seq_id, seq.num_tokens, seq.token_ids)
+    def add(self, seq, reuse_prefix: bool = True) -> int:
+        if reuse_prefix:
+            num_cached = self.tables.add_sequence(seq.seq_id, seq.num_tokens, seq.token_ids)
+        else:
+            # Added as its first token (too short for a prefix hit), then grown
+            # with its ids known: its blocks still become cache entries once
+            # written, for the requests after it.
+            num_cached = self.tables.add_sequence(seq.seq_id, 1, seq.token_ids[:1])
+            try:
+                self.tables.append_slots(seq.seq_id, seq.num_tokens - 1, seq.token_ids[1:])
+            except BaseException:
+                self.tables.free_sequence(seq.seq_id)
+                raise
         seq.num_slots = seq.num_tokens
         self._touch(self.row_of(seq))
         return num_cached

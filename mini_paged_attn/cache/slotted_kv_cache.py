@@ -36,7 +36,7 @@ class SlottedKVCache(KVCache):
     def can_add(self, seq) -> bool:
         return self._num_live < self.slots.max_batch_size
 
-    def add(self, seq) -> int:
+    def add(self, seq, reuse_prefix: bool = True) -> int:
         self.slots.add_sequence(seq.seq_id, seq.num_tokens)
         self._num_live += 1
         seq.num_slots = seq.num_tokens

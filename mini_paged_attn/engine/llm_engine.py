@@ -129,7 +129,9 @@ class LLMEngine:
                 f"no sequence can run: the KV cache ({self.kv_cache.num_blocks} blocks of "
                 f"{self.kv_cache.block_size} tokens) cannot hold the next waiting sequence "
                 f"while the running ones keep theirs; give it more memory")
-        due, logits = self.runner.execute(batch)
+        due, logits, prompt_logits = self.runner.execute(batch)
+        if prompt_logits is not None:
+            prompt_logits.record()
         # The batched decode tokens count as written at their next decode step.
         first = 0 if batch.decode_slots is None else len(batch.decode_slots)
         for seq, n in batch.entries[first:]:

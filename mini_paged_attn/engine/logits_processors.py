@@ -69,16 +69,24 @@ def top_logprobs(logits: torch.Tensor, seqs: Seq[Sequence], tokens: List[int]
     if not asking:
         return {}
     rows = to_device(asking, torch.int64, logits.device)
-    lp = torch.log_softmax(logits[rows].float(), dim=-1)
-    k = max(seqs[i].request.sampling_params.logprobs for i in asking)
+    entries = logprob_entries(torch.log_softmax(logits[rows].float(), dim=-1),
+                              [seqs[i].request.sampling_params.logprobs for i in asking],
+                              [tokens[i] for i in asking])
+    return dict(zip(asking, entries))
+
+
+def logprob_entries(lp: torch.Tensor, ks: List[int], tokens: List[int]
+                    ) -> List[Dict[int, float]]:
+    """For each row of the log-probabilities ``lp [rows, vocab]``: its ``ks[r]``
+    most likely tokens, best first, then ``tokens[r]`` (if not among them), with
+    their log-probabilities. One topk and one gather for all rows."""
+    k = min(max(ks), lp.size(1))
     top_v, top_i = lp.topk(k, dim=-1) if k > 0 else (lp[:, :0], lp[:, :0].long())
-    chosen = lp.gather(1, to_device([tokens[i] for i in asking], torch.int64,
-                                    logits.device)[:, None])[:, 0]
+    chosen = lp.gather(1, to_device(tokens, torch.int64, lp.device)[:, None])[:, 0]
     top_v, top_i, chosen = top_v.tolist(), top_i.tolist(), chosen.tolist()
-    result = {}
-    for r, i in enumerate(asking):
-        n = seqs[i].request.sampling_params.logprobs
+    entries = []
+    for r, n in enumerate(ks):
         entry = dict(zip(top_i[r][:n], top_v[r][:n]))
-        entry[tokens[i]] = chosen[r]
-        result[i] = entry
-    return result
+        entry[tokens[r]] = chosen[r]
+        entries.append(entry)
+    return entries

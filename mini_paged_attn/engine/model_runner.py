@@ -1,5 +1,6 @@
 """ModelRunner: turns a scheduled step into model inputs and returns the logits
-of the sequences that are due for their next token.
+of the sequences that are due for their next token (and of the prompt
+positions whose requests ask for prompt logprobs).
 
 On a GPU a step with decode tokens only runs at a bucket batch size from the
 static inputs of :class:`DecodeInputs`, replaying a captured CUDA graph unless
@@ -18,6 +19,7 @@ from ..layers.attention_metadata import AttentionMetadata
 from ..models.llama import LlamaForCausalLM
 from .decode_graphs import DecodeGraphs, DecodeInputs, bucket_sizes
 from .host_to_device import to_device
+from .prompt_logprobs import PromptLogits, prompt_positions
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 
@@ -41,13 +43,17 @@ class ModelRunner:
                     self.graphs.capture(self.buckets)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
+    def execute(self, batch: ScheduledBatch
+                ) -> Tuple[List[Sequence], torch.Tensor, Optional[PromptLogits]]:
         """Computes the scheduled tokens (writing their K/V into the cache).
         Returns the sequences whose every token is now computed and their
-        next-token logits (the model's dtype), one row each."""
+        next-token logits (the model's dtype), one row each; and the logits of
+        the prompt positions that give prompt logprobs (None when no request
+        of the step asks)."""
         if self.buckets and len(batch) <= self.buckets[-1] and all(
                 n == 1 and seq.num_uncomputed_tokens == 1 for seq, n in batch):
-            return self._decode(batch)
+            # A decode token is never a prompt position with a prompt logprob.
+            return (*self._decode(batch), None)
         self.kv_cache.sync_block_table()
         return self._eager(batch)
 
@@ -92,7 +98,8 @@ class ModelRunner:
         return logits[:n]
 
     # -- any other step: eager, sized to the batch ---------------------------------------
-    def _eager(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
+    def _eager(self, batch: ScheduledBatch
+               ) -> Tuple[List[Sequence], torch.Tensor, Optional[PromptLogits]]:
         scheduled = batch.entries
         # Slots the scheduler already has (its batched decodes) are not asked again.
         known = {} if batch.decode_slots is None else dict(
@@ -105,8 +112,13 @@ class ModelRunner:
         slots, rows, context_lens, query_start_loc = [], [], [], [0]
         due: List[Sequence] = []
         last_rows: List[int] = []
+        prompt_owners, prompt_rows = [], []
         for i, (seq, n) in enumerate(order):
             start = seq.num_computed_tokens
+            wanted = prompt_positions(seq, start, n)
+            if wanted:
+                prompt_owners.append((seq.request, wanted))
+                prompt_rows += [len(input_ids) + p - start for p in wanted]
             input_ids += seq.token_ids[start:start + n]
             positions += range(start, start + n)
             slot = known.get(id(seq))
@@ -130,5 +142,8 @@ class ModelRunner:
             num_decode_tokens=len(order) - num_prefills)
         hidden = self.model(to_device(input_ids, torch.int64, self.device),
                             to_device(positions, torch.int64, self.device), metadata)
-        logits = self.model.compute_logits(hidden[to_device(last_rows, torch.int64, self.device)])
-        return due, logits
+        # One lm_head over the sampled rows and then the prompt-logprob rows.
+        logits = self.model.compute_logits(
+            hidden[to_device(last_rows + prompt_rows, torch.int64, self.device)])
+        prompt = PromptLogits(prompt_owners, logits[len(last_rows):]) if prompt_owners else None
+        return due, logits[:len(last_rows)], prompt

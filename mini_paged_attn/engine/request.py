@@ -33,6 +33,11 @@ class Request:
         self.seed = 0  # of its samples' noise: the params' seed, or one the engine drew
         self.tokenizer = tokenizer
         self.prompt: Optional[str] = None  # its text, when given as text
+        # SamplingParams.prompt_logprobs: an entry per prompt token so far (None
+        # for the first, which nothing predicts); see prompt_logprobs.py.
+        asks = sampling_params is not None and sampling_params.prompt_logprobs is not None
+        self.prompt_logprobs: Optional[List[Optional[Dict[int, float]]]] = \
+            [None] if asks else None
         # Stop strings are matched on text built token by token, per sequence.
         self.stops = sampling_params.stop if sampling_params is not None else []
         self._detok: Dict[int, IncrementalDetokenizer] = {}
@@ -100,5 +105,6 @@ class Request:
                                     s.finish_reason, self._text(s),
                                     s.output_logprobs if asked else None)
                    for s in sorted(self.seqs, key=lambda s: s.index)]
+        prompt_logprobs = None if self.prompt_logprobs is None else list(self.prompt_logprobs)
         return RequestOutput(self.request_id, self.prompt_token_ids, outputs, self.finished,
-                             self.num_cached_tokens or 0, self.prompt)
+                             self.num_cached_tokens or 0, self.prompt, prompt_logprobs)

@@ -8,6 +8,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 import torch
 
 from ..cache.kv_cache import KVCache
+from .prompt_logprobs import missing_prompt_logprobs
 from .sequence import Sequence, SequenceStatus
 
 
@@ -48,7 +49,8 @@ class Scheduler:
     computed again, helped by the prefix cache). Then, unless something was
     preempted, waiting sequences are admitted in order while the budget, the
     ``max_num_seqs`` rows and the cache allow; a prompt's prefix found in the
-    prefix cache is not computed again.
+    prefix cache is not computed again (unless its request still needs prompt
+    logprobs, which need every position's logits).
     """
 
     def __init__(self, kv_cache: KVCache, max_num_seqs: int, max_num_batched_tokens: int):
@@ -83,7 +85,7 @@ class Scheduler:
         self.stats.num_preemptions += 1
 
     def _admit(self, seq: Sequence) -> None:
-        num_cached = self.kv_cache.add(seq)
+        num_cached = self.kv_cache.add(seq, reuse_prefix=not missing_prompt_logprobs(seq.request))
         seq.num_computed_tokens = num_cached
         seq.num_cached_tokens = num_cached
         if seq.request.num_cached_tokens is None:

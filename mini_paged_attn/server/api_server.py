@@ -42,6 +42,7 @@ class _Sampling(BaseModel):
     # vLLM's extra parameters.
     ignore_eos: bool = False
     min_tokens: int = 0
+    prompt_logprobs: Optional[int] = None
     stream: bool = False
 
     def params(self) -> SamplingParams:
@@ -51,7 +52,8 @@ class _Sampling(BaseModel):
                               presence_penalty=self.presence_penalty,
                               frequency_penalty=self.frequency_penalty,
                               repetition_penalty=self.repetition_penalty,
-                              ignore_eos=self.ignore_eos, min_tokens=self.min_tokens)
+                              ignore_eos=self.ignore_eos, min_tokens=self.min_tokens,
+                              prompt_logprobs=self.prompt_logprobs)
 
 
 class CompletionRequest(_Sampling):
@@ -123,21 +125,39 @@ def build_app(server: AsyncLLM, model_name: str, api_key: Optional[str] = None) 
         metrics.finished(last, time.monotonic() - start)
         return _response(last, rid, chat)
 
+    def _prompt_logprobs(out) -> Optional[List[Optional[Dict[str, Any]]]]:
+        """vLLM's JSON of ``out.prompt_logprobs``: per token {id: {logprob, decoded_token}}."""
+        if out.prompt_logprobs is None:
+            return None
+
+        def token(t: int, logprob: float) -> Dict[str, Any]:
+            text = tokenizer.decode([t]) if tokenizer is not None else None
+            return {"logprob": logprob, "decoded_token": text}
+
+        return [None if entry is None else {str(t): token(t, v) for t, v in entry.items()}
+                for entry in out.prompt_logprobs]
+
     def _response(out, rid: str, chat: bool) -> Dict[str, Any]:
         choices = []
+        prompt_logprobs = _prompt_logprobs(out)
         for c in out.outputs:
             if chat:
                 choices.append({"index": c.index, "finish_reason": c.finish_reason,
                                 "message": {"role": "assistant", "content": c.text}})
             else:
+                # As vLLM: in every choice of a completion, at the top of a chat answer.
                 choices.append({"index": c.index, "text": c.text,
-                                "finish_reason": c.finish_reason})
+                                "finish_reason": c.finish_reason,
+                                "prompt_logprobs": prompt_logprobs})
         generated = sum(len(c.token_ids) for c in out.outputs)
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion",
+        body = {"id": rid, "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": model_name, "choices": choices,
                 "usage": {"prompt_tokens": len(out.prompt_token_ids),
                           "completion_tokens": generated,
                           "total_tokens": len(out.prompt_token_ids) + generated}}
+        if chat:
+            body["prompt_logprobs"] = prompt_logprobs
+        return body
 
     async def _sse(stream, rid: str, chat: bool) -> AsyncIterator[str]:
         sent: Dict[int, int] = {}  # choice index -> characters sent

@@ -69,6 +69,25 @@ def test_models_completions_and_chat(live):
     assert chat.choices[0].message.content == ref.outputs[0].text
 
 
+def test_prompt_logprobs(live):
+    base, llm, _ = live
+    client = _client(base)
+    got = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=2,
+                                    temperature=0, extra_body={"prompt_logprobs": 2})
+    ref = llm.generate("The quick brown", SamplingParams(temperature=0, max_tokens=2,
+                                                         prompt_logprobs=2))[0]
+    served = got.choices[0].prompt_logprobs
+    assert served[0] is None and len(served) == len(ref.prompt_token_ids)
+    tok = llm.get_tokenizer()
+    for entry, expected in zip(served[1:], ref.prompt_logprobs[1:]):
+        assert {int(t): e["logprob"] for t, e in entry.items()} == pytest.approx(expected)
+        assert all(e["decoded_token"] == tok.decode([int(t)]) for t, e in entry.items())
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=2,
+        extra_body={"prompt_logprobs": 0})
+    assert chat.prompt_logprobs[0] is None and all(len(e) == 1 for e in chat.prompt_logprobs[1:])
+
+
 def test_concurrent_streaming_clients_get_their_own_tokens(live):
     base, llm, _ = live
     prompts = [f"a b c {i}" for i in range(64)]
@@ -107,8 +126,9 @@ def test_a_disconnect_frees_the_request(live):
     {"model": "other", "prompt": "x"},
     {"model": MODEL, "prompt": "x", "temperature": -1},
     {"model": MODEL, "prompt": "x", "max_tokens": 10**6},
+    {"model": MODEL, "prompt": "x", "prompt_logprobs": -1},
     {"model": MODEL},
-], ids=["unknown-model", "bad-temperature", "too-long", "no-prompt"])
+], ids=["unknown-model", "bad-temperature", "too-long", "bad-prompt-logprobs", "no-prompt"])
 def test_bad_requests_are_400_and_the_server_goes_on(live, body):
     base, _, _ = live
     r = httpx.post(f"{base}/v1/completions", json=body)
