@@ -3,6 +3,9 @@
 CPU sources are always compiled. CUDA sources in ``csrc/kernels`` are added
 when the installed torch was built with CUDA and a CUDA toolkit is found
 (``MINI_PAGED_ATTN_FORCE_CPU=1`` skips them).
+
+Compute capability 9.0 is built as sm_90a (its wgmma prefill kernel needs the
+architecture-specific instructions); sm_90a code runs on every 9.0 GPU.
 """
 import glob
 import os
@@ -25,6 +28,31 @@ def _with_cuda():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def _sm90a_arch_list():
+    """Sets TORCH_CUDA_ARCH_LIST with 9.0 as 9.0a; True when the list has 9.0a.
+
+    An unset list becomes the visible GPUs' capabilities, as torch would pick.
+    "9.0+PTX" keeps its portable PTX beside the sm_90a code.
+    """
+    import torch
+
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if archs is None:
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        archs = ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+    out = []
+    for arch in archs.replace(" ", ";").split(";"):
+        if arch == "9.0":
+            arch = "9.0a"
+        elif arch == "9.0+PTX":
+            out.append("9.0a")
+        if arch:
+            out.append(arch)
+    if out:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(out)
+    return "9.0a" in out
+
+
 sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
 define_macros = []
@@ -32,6 +60,8 @@ if _with_cuda():
     extension = cpp_extension.CUDAExtension
     sources += _sources("csrc/kernels/*.cu")
     define_macros.append(("MINI_PAGED_ATTN_WITH_CUDA", None))
+    if _sm90a_arch_list():
+        define_macros.append(("MINI_PAGED_ATTN_SM90A", None))
     extra_compile_args = {
         "cxx": cxx_flags,
         "nvcc": ["-O3", "-std=c++17", "-lineinfo"],

@@ -5,7 +5,9 @@ K/V, in one run. SDPA gets the same work: for a chunk after a prefix, its
 queries attend to the prefix and causally to each other (an explicit mask).
 SDPA runs twice: with the backend torch picks (on an H100/H200, cuDNN's) and
 with its flash backend forced (FlashAttention-2; it takes no explicit mask,
-so it has no number for a chunk after a prefix).
+so it has no number for a chunk after a prefix). On CUDA the paged op is also
+timed on its mma.sync kernel (``MINI_PAGED_ATTN_CUDA_PREFILL=mma-sync``), the
+one that runs where there is no wgmma kernel.
 
     python benchmarks/bench_prefill.py --device cpu --threads 2
     python benchmarks/bench_prefill.py --device cuda --json prefill.json
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 from typing import List, NamedTuple
@@ -111,6 +114,16 @@ def run_shape(shape: Shape, device: str) -> dict:
     ref = sdpa().transpose(1, 2).reshape(s * n, shape.heads, -1)
     err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
     t_paged, t_sdpa = time_us(paged, device, False), time_us(sdpa, device, False)
+    t_mma = None
+    if device == "cuda":
+        before = os.environ.get("MINI_PAGED_ATTN_CUDA_PREFILL")
+        os.environ["MINI_PAGED_ATTN_CUDA_PREFILL"] = "mma-sync"
+        try:
+            t_mma = time_us(paged, device, False)
+        finally:
+            os.environ.pop("MINI_PAGED_ATTN_CUDA_PREFILL")
+            if before is not None:
+                os.environ["MINI_PAGED_ATTN_CUDA_PREFILL"] = before
     t_flash = None
     if mask is None:
         try:
@@ -118,7 +131,8 @@ def run_shape(shape: Shape, device: str) -> dict:
             t_flash = time_us(sdpa_flash, device, False)
         except RuntimeError as e:  # no flash kernel for this device or shape
             print(f"{shape}: SDPA flash failed: {str(e).splitlines()[0]}", file=sys.stderr)
-    return {"shape": str(shape), "paged_us": t_paged, "sdpa_us": t_sdpa,
+    return {"shape": str(shape), "paged_us": t_paged, "paged_mma_sync_us": t_mma,
+            "sdpa_us": t_sdpa,
             "sdpa_flash_us": t_flash,
             "paged_tflops": shape.flops / t_paged / 1e6, "sdpa_tflops": shape.flops / t_sdpa / 1e6,
             "sdpa_flash_tflops": shape.flops / t_flash / 1e6 if t_flash else None,
@@ -145,11 +159,13 @@ def main(argv=None) -> None:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# {date}  {device}  torch {torch.__version__}  {torch.get_num_threads()} threads, "
           f"{_C.cpu_isa()} CPU kernels")
-    print(f"{'shape':<44}{'paged us':>9}{'sdpa us':>9}{'flash us':>9}{'paged TFLOP/s':>14}"
+    print(f"{'shape':<44}{'paged us':>9}{'mma us':>9}{'sdpa us':>9}{'flash us':>9}"
+          f"{'paged TFLOP/s':>14}"
           f"{'sdpa':>8}{'flash':>8}{'vs sdpa':>9}{'vs flash':>9}")
     for r in rows:
         flash = r["sdpa_flash_us"] is not None
-        print(f"{r['shape']:<44}{r['paged_us']:>9.0f}{r['sdpa_us']:>9.0f}"
+        mma = f"{r['paged_mma_sync_us']:>9.0f}" if r["paged_mma_sync_us"] else f"{'-':>9}"
+        print(f"{r['shape']:<44}{r['paged_us']:>9.0f}{mma}{r['sdpa_us']:>9.0f}"
               + (f"{r['sdpa_flash_us']:>9.0f}" if flash else f"{'-':>9}")
               + f"{r['paged_tflops']:>14.3f}{r['sdpa_tflops']:>8.3f}"
               + (f"{r['sdpa_flash_tflops']:>8.3f}" if flash else f"{'-':>8}")

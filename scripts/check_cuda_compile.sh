@@ -49,7 +49,8 @@ fi
 FLAGS=("${TORCH_FLAGS[@]}" -Icsrc/include -DTORCH_API_INCLUDE_EXTENSION_H
        -DTORCH_EXTENSION_NAME=_C -DMINI_PAGED_ATTN_WITH_CUDA -O3 -std=c++17 -lineinfo
        --compiler-options -fPIC
-       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90)
+       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a
+       -DMINI_PAGED_ATTN_SM90A)
 # shellcheck disable=SC2206
 EXTRA=(${NVCC_EXTRA_FLAGS:-})
 
@@ -87,7 +88,7 @@ if (( status != 0 )); then
   echo "check_cuda_compile: FAILED"
   exit 1
 fi
-echo "check_cuda_compile: all ${#files[@]} kernel files compile for sm_80 and sm_90," \
+echo "check_cuda_compile: all ${#files[@]} kernel files compile for sm_80 and sm_90a," \
   "${#benches[@]} benchmark file(s) for sm_90"
 
 # ptxas 13.0 (V13.0.88) compiled some cp.async copies with an L2 cache-hint

@@ -1,6 +1,7 @@
 // paged_prefill_attention on CUDA. fp16 / bf16 queries on a cache of the same
-// type go to the tensor-core kernel (prefill_tc_kernel.cuh) when rows are
-// 16-byte aligned; everything else (float32, a float32 query on a 16-bit
+// type go to a tensor-core kernel when rows are 16-byte aligned: the wgmma one
+// (prefill_wgmma_kernel.cuh) on compute capability 9.0 at head sizes 64 and
+// 128, the mma.sync one (prefill_tc_kernel.cuh) otherwise. Everything else (float32, a float32 query on a 16-bit
 // cache, odd head sizes or strides) takes the simple tiled kernel below, with
 // float32 math on the CUDA cores.
 //
@@ -224,30 +225,36 @@ bool tc_aligned(const at::Tensor& t, int64_t dims) {
   return true;
 }
 
-// MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core sends every call to the CUDA-core
-// kernel (to compare the two, or to test the fallback); tensor-core (or unset)
-// lets eligible calls use the tensor cores.
-bool tensor_cores_allowed() {
+// MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel (to compare them, or to test
+// the fallbacks): tensor-core (or unset) lets eligible calls use the fastest
+// tensor-core kernel, mma-sync keeps them off wgmma, cuda-core sends every
+// call to the CUDA-core kernel.
+enum class PrefillKernel { kTensorCore, kMmaSync, kCudaCore };
+
+PrefillKernel requested_kernel() {
   const char* env = std::getenv("MINI_PAGED_ATTN_CUDA_PREFILL");
-  if (env == nullptr || *env == 0 || std::strcmp(env, "tensor-core") == 0) return true;
+  if (env == nullptr || *env == 0 || std::strcmp(env, "tensor-core") == 0) {
+    return PrefillKernel::kTensorCore;
+  }
+  if (std::strcmp(env, "mma-sync") == 0) return PrefillKernel::kMmaSync;
   TORCH_CHECK_VALUE(std::strcmp(env, "cuda-core") == 0,
-                    "MINI_PAGED_ATTN_CUDA_PREFILL must be tensor-core or cuda-core, got '", env,
-                    "'");
-  return false;
+                    "MINI_PAGED_ATTN_CUDA_PREFILL must be tensor-core, mma-sync or cuda-core, got '",
+                    env, "'");
+  return PrefillKernel::kCudaCore;
 }
 
 // The tensor-core softmax takes the max of raw scores, so it needs scale > 0.
-bool use_tensor_cores(const at::Tensor& out, const at::Tensor& query, const at::Tensor& key_cache,
-                      const at::Tensor& value_cache, int64_t head_size, double scale) {
+bool use_tensor_cores(PrefillKernel kernel, const at::Tensor& out, const at::Tensor& query,
+                      const at::Tensor& key_cache, const at::Tensor& value_cache,
+                      int64_t head_size, double scale) {
   const at::ScalarType t = key_cache.scalar_type();
-  return tensor_cores_allowed() && (t == at::kHalf || t == at::kBFloat16) &&
-         query.scalar_type() == t && scale > 0 &&
-         std::isfinite(scale) &&
+  return kernel != PrefillKernel::kCudaCore && (t == at::kHalf || t == at::kBFloat16) &&
+         query.scalar_type() == t && scale > 0 && std::isfinite(scale) &&
          prefill_tc_head_size(head_size) && tc_aligned(query, 2) && tc_aligned(out, 2) &&
          tc_aligned(key_cache, 3) && tc_aligned(value_cache, 3);
 }
 
-void launch_tensor_cores(const PagedAttentionDims& d, const at::Tensor& out,
+void launch_tensor_cores(PrefillKernel kernel, const PagedAttentionDims& d, const at::Tensor& out,
                          const at::Tensor& query, const at::Tensor& key_cache,
                          const at::Tensor& value_cache, const at::Tensor& block_tables,
                          const at::Tensor& context_lens, const at::Tensor& query_start_loc,
@@ -258,10 +265,14 @@ void launch_tensor_cores(const PagedAttentionDims& d, const at::Tensor& out,
   p.block_shift = (d.block_size & (d.block_size - 1)) == 0 ? __builtin_ctzll(d.block_size) : -1;
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   const int64_t num_tokens = query.size(0);
+  const bool wgmma =
+      kernel == PrefillKernel::kTensorCore && prefill_wgmma_usable(d.head_size, query.get_device());
   if (key_cache.scalar_type() == at::kHalf) {
-    launch_prefill_tc<__half>(p, d.head_size, num_tokens, d.num_kv_heads, stream);
+    (wgmma ? launch_prefill_wgmma<__half> : launch_prefill_tc<__half>)(p, d.head_size, num_tokens,
+                                                                      d.num_kv_heads, stream);
   } else {
-    launch_prefill_tc<__nv_bfloat16>(p, d.head_size, num_tokens, d.num_kv_heads, stream);
+    (wgmma ? launch_prefill_wgmma<__nv_bfloat16> : launch_prefill_tc<__nv_bfloat16>)(
+        p, d.head_size, num_tokens, d.num_kv_heads, stream);
   }
 }
 
@@ -279,8 +290,9 @@ void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
 
   const c10::cuda::CUDAGuard guard(query.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(query.get_device()).stream();
-  if (use_tensor_cores(out, query, key_cache, value_cache, d.head_size, scale)) {
-    launch_tensor_cores(d, out, query, key_cache, value_cache, block_tables, context_lens,
+  const PrefillKernel kernel = requested_kernel();
+  if (use_tensor_cores(kernel, out, query, key_cache, value_cache, d.head_size, scale)) {
+    launch_tensor_cores(kernel, d, out, query, key_cache, value_cache, block_tables, context_lens,
                         query_start_loc, scale, stream);
     return;
   }

@@ -57,4 +57,17 @@ extern template void launch_prefill_tc<__half>(const PrefillTcParams&, int64_t, 
 extern template void launch_prefill_tc<__nv_bfloat16>(const PrefillTcParams&, int64_t, int64_t,
                                                       int64_t, cudaStream_t);
 
+// The wgmma kernel (sm_90a, head sizes 64 and 128): whether this build has it
+// for the device, and its launcher.
+bool prefill_wgmma_usable(int64_t head_size, int device);
+
+template <typename T>
+void launch_prefill_wgmma(const PrefillTcParams& p, int64_t head_size, int64_t num_tokens,
+                          int64_t num_kv_heads, cudaStream_t stream);
+
+extern template void launch_prefill_wgmma<__half>(const PrefillTcParams&, int64_t, int64_t,
+                                                  int64_t, cudaStream_t);
+extern template void launch_prefill_wgmma<__nv_bfloat16>(const PrefillTcParams&, int64_t,
+                                                         int64_t, int64_t, cudaStream_t);
+
 }  // namespace mini_paged_attn::cuda

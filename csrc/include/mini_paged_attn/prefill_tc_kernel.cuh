@@ -8,9 +8,12 @@
 
 #include "mini_paged_attn/dispatch.h"
 #include "mini_paged_attn/prefill_tc.cuh"
+#include "mini_paged_attn/prefill_tiles.cuh"
 
 namespace mini_paged_attn::cuda {
 namespace prefill_tc {
+
+using namespace prefill_tiles;
 
 template <int D>
 struct Traits {
@@ -34,53 +37,6 @@ struct Traits {
   static_assert(D % 16 == 0 && kBlockN % 16 == 0);
 };
 
-// Where a CTA's rows are: which sequence and query tile, which heads.
-struct TileCoords {
-  int seq, first_token, tokens;  // query rows [first_token, first_token + tokens) of query
-  int first_pos;                 // position of the tile's first token in its sequence
-  int kv_end;                    // the tile's keys: positions [0, kv_end)
-  int kv_head, first_head, heads;
-};
-
-// Tile `idx` of the launch in sequence order; each warp scans 32 sequences at
-// a time. Tiles of one sequence are handed out last first: the ones with the
-// most keys start earliest. False when idx is past the last tile.
-__device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, TileCoords& c) {
-  const int lane = threadIdx.x % 32;
-  const int tpt = p.tokens_per_tile;
-  int before = 0;  // tiles of the sequences already scanned
-  for (int s0 = 0; s0 < p.num_seqs; s0 += 32) {
-    const int s = s0 + lane;
-    const int len = s < p.num_seqs ? p.query_start_loc[s + 1] - p.query_start_loc[s] : 0;
-    const int tiles = (len + tpt - 1) / tpt;
-    int incl = tiles;
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) {
-      const int y = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += y;
-    }
-    const int total = __shfl_sync(0xffffffffu, incl, 31);
-    if (idx < before + total) {
-      const int hit = __ffs(__ballot_sync(0xffffffffu, before + incl > idx)) - 1;
-      const int excl = __shfl_sync(0xffffffffu, incl - tiles, hit);
-      const int n_tiles = __shfl_sync(0xffffffffu, tiles, hit);
-      const int q_len = __shfl_sync(0xffffffffu, len, hit);
-      const int tile = n_tiles - 1 - (idx - before - excl);
-      c.seq = s0 + hit;
-      c.first_token = p.query_start_loc[c.seq] + tile * tpt;
-      c.tokens = min(tpt, q_len - tile * tpt);
-      c.first_pos = p.kv.context_lens[c.seq] - q_len + tile * tpt;
-      c.kv_end = c.first_pos + c.tokens;
-      c.kv_head = blockIdx.y / p.head_chunks;
-      c.first_head = c.kv_head * p.group_size + (blockIdx.y % p.head_chunks) * p.heads_per_cta;
-      c.heads = min(p.heads_per_cta, (c.kv_head + 1) * p.group_size - c.first_head);
-      return true;
-    }
-    before += total;
-  }
-  return false;
-}
-
 // Q rows into shared memory; rows past the tile's tokens or heads are zeros.
 template <typename T, int D>
 __device__ __forceinline__ void load_q_tile(T* q_s, const PrefillTcParams& p, const TileCoords& c) {
@@ -95,12 +51,6 @@ __device__ __forceinline__ void load_q_tile(T* q_s, const PrefillTcParams& p, co
                          : query;
     cp_async_16(q_s + r * Tr::kStride + chunk * 8, src, valid);
   }
-}
-
-__device__ __forceinline__ int64_t shfl_i64(int64_t v, int lane) {
-  const int lo = __shfl_sync(0xffffffffu, static_cast<int>(v), lane);
-  const int hi = __shfl_sync(0xffffffffu, static_cast<int>(v >> 32), lane);
-  return (static_cast<int64_t>(hi) << 32) | static_cast<uint32_t>(lo);
 }
 
 // Keys and values [k0, k0 + kBlockN) of the CTA's KV head, through the block
@@ -203,94 +153,6 @@ __device__ __forceinline__ void qk_tile(Scores<D>& s, const QFrags<D>& q_frag, c
   }
 }
 
-// Keys a row must not see get score -inf: past the row's own position
-// (causal) and past the tile's keys. Only tiles that reach past the CTA's
-// first row need this. Row rr of this thread is m-tile rr / 2, half rr % 2.
-template <int D>
-__device__ __forceinline__ void mask_tile(Scores<D>& s, int k0,
-                                          const int (&row_pos)[2 * Traits<D>::kMTiles],
-                                          int kv_end) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int mt = 0; mt < Traits<D>::kMTiles; ++mt) {
-#pragma unroll
-    for (int j = 0; j < Traits<D>::kBlockN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + j * 8 + (lane % 4) * 2 + (e & 1);
-        if (key > row_pos[2 * mt + e / 2] || key >= kv_end) s[mt][j][e] = -INFINITY;
-      }
-    }
-  }
-}
-
-// 2^x on the special-function unit; exp2(-inf) = 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Online softmax over one tile of raw scores for this thread's rows (lane / 4
-// and lane / 4 + 8 of each m-tile). m is each row's reference max in the log2
-// domain (scores times scale_log2; needs scale_log2 > 0, the launcher's rule,
-// so the raw max is the scaled max). s becomes exp2(s * scale_log2 - m): one
-// FFMA and one MUFU per score. The reference moves only when a score exceeds
-// it by more than kLazyRescale, so probabilities stay below 2^kLazyRescale and
-// o is rescaled (a multiply per accumulator) only on the rare tiles where some
-// row of the warp moved.
-constexpr float kLazyRescale = 8.f;
-
-template <int D>
-__device__ __forceinline__ void softmax_tile(Scores<D>& s, Accum<D>& o,
-                                             float (&m)[2 * Traits<D>::kMTiles],
-                                             float (&l)[2 * Traits<D>::kMTiles],
-                                             float scale_log2) {
-  constexpr int NT = Traits<D>::kBlockN / 8, RR = 2 * Traits<D>::kMTiles;
-  float alpha[RR];
-  bool moved = false;
-#pragma unroll
-  for (int rr = 0; rr < RR; ++rr) {
-    const int mt = rr / 2, r = rr % 2;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
-    // The four threads of a quad hold one row.
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    mx *= scale_log2;
-    alpha[rr] = 1.f;
-    if (mx > m[rr] + kLazyRescale) {  // never while the tile's row is all masked
-      alpha[rr] = fast_exp2(m[rr] - mx);  // 0 when m was -inf
-      m[rr] = mx;
-      moved = true;
-    }
-    // A row that has seen only masked keys keeps m = -inf; a shift of 0 then
-    // keeps its probabilities at exp2(-inf) = 0 instead of NaN.
-    const float shift = m[rr] == -INFINITY ? 0.f : m[rr];
-    float sum = 0.f;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-#pragma unroll
-      for (int e = 2 * r; e < 2 * r + 2; ++e) {
-        s[mt][j][e] = fast_exp2(fmaf(s[mt][j][e], scale_log2, -shift));
-        sum += s[mt][j][e];
-      }
-    }
-    l[rr] = l[rr] * alpha[rr] + sum;
-  }
-  if (__any_sync(0xffffffffu, moved)) {
-#pragma unroll
-    for (int rr = 0; rr < RR; ++rr) {
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[rr / 2][j][2 * (rr % 2)] *= alpha[rr];
-        o[rr / 2][j][2 * (rr % 2) + 1] *= alpha[rr];
-      }
-    }
-  }
-}
-
 // o += P V for this warp's rows; P comes from the score accumulators, whose
 // layout is the A-operand layout of m16n8k16 two key columns at a time.
 template <typename T, int D>
@@ -302,12 +164,7 @@ __device__ __forceinline__ void pv_tile(Accum<D>& o, const Scores<D>& s, const T
   for (int kk = 0; kk < Tr::kBlockN / 16; ++kk) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      a[mt][0] = Convert<T>::pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-      a[mt][1] = Convert<T>::pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-      a[mt][2] = Convert<T>::pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-      a[mt][3] = Convert<T>::pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-    }
+    for (int mt = 0; mt < MT; ++mt) probs_to_a<T>(a[mt], s, mt, kk);
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t b[4];  // keys kk*16 + [0, 16), dims dp*16 + [0, 8) then [8, 16)
@@ -318,31 +175,6 @@ __device__ __forceinline__ void pv_tile(Accum<D>& o, const Scores<D>& s, const T
         mma_16816<T>(o[mt][2 * dp], a[mt], b[0], b[1]);
         mma_16816<T>(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
       }
-    }
-  }
-}
-
-// o / l into this thread's rows of the output.
-template <typename T, int D>
-__device__ __forceinline__ void store_out(const Accum<D>& o, float (&l)[2 * Traits<D>::kMTiles],
-                                          const PrefillTcParams& p, const TileCoords& c) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int rr = 0; rr < 2 * Traits<D>::kMTiles; ++rr) {
-    const int mt = rr / 2, r = rr % 2;
-    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
-    l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
-    const int row = (warp * Traits<D>::kMTiles + mt) * 16 + lane / 4 + 8 * r;
-    const int t = row / p.heads_per_cta, h = row % p.heads_per_cta;
-    if (t >= c.tokens || h >= c.heads) continue;
-    // A real row always sees key 0, so l > 0.
-    const float inv = 1.f / l[rr];
-    T* out = static_cast<T*>(p.out) + (c.first_token + t) * p.out_token_stride +
-             (c.first_head + h) * p.out_head_stride + (lane % 4) * 2;
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-      const uint32_t v = Convert<T>::pack2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
-      *reinterpret_cast<uint32_t*>(out + j * 8) = v;
     }
   }
 }
@@ -362,13 +194,11 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
   TileCoords c;
   if (!find_tile(p, blockIdx.x, c)) return;  // the grid is an upper bound on the tiles
   const int32_t* table = p.kv.block_tables + c.seq * p.kv.block_table_stride;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   constexpr int MT = Tr::kMTiles;
   int row_pos[2 * MT];  // positions of this thread's rows
 #pragma unroll
   for (int rr = 0; rr < 2 * MT; ++rr) {
-    const int row = (warp * MT + rr / 2) * 16 + lane / 4 + 8 * (rr % 2);
-    row_pos[rr] = c.first_pos + row / p.heads_per_cta;
+    row_pos[rr] = c.first_pos + fragment_row<MT>(rr) / p.heads_per_cta;
   }
 
   const int num_kv_tiles = (c.kv_end + BN - 1) / BN;
@@ -405,31 +235,13 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
     }
     Scores<D> s;
     qk_tile<T, D>(s, q_frag, q_s, k_s + (j & 1) * kTile);
-    if (j >= first_masked) mask_tile<D>(s, j * BN, row_pos, c.kv_end);
-    softmax_tile<D>(s, o, m, l, p.scale_log2);
+    if (j >= first_masked) mask_tile(s, j * BN, row_pos, c.kv_end);
+    float alpha[2 * MT];
+    if (softmax_tile(s, m, l, alpha, p.scale_log2)) rescale_rows(o, alpha);
     pv_tile<T, D>(o, s, v_s + (j & 1) * kTile);
     __syncthreads();  // every warp is done with stage j & 1 before tile j - 2 lands there
   }
-  store_out<T, D>(o, l, p, c);
-}
-
-template <typename T, int D>
-void launch(PrefillTcParams p, int64_t num_tokens, int64_t num_kv_heads, cudaStream_t stream) {
-  using Tr = Traits<D>;
-  p.heads_per_cta = std::min(p.group_size, Tr::kBlockM);
-  p.head_chunks = (p.group_size + p.heads_per_cta - 1) / p.heads_per_cta;
-  p.tokens_per_tile = Tr::kBlockM / p.heads_per_cta;
-  auto kernel = prefill_tc_kernel<T, D>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      Tr::kSmemBytes));
-  // Every sequence wastes at most one partial tile.
-  const int64_t max_tiles = (num_tokens + p.tokens_per_tile - 1) / p.tokens_per_tile + p.num_seqs;
-  const int64_t grid_y = num_kv_heads * p.head_chunks;
-  TORCH_CHECK(max_tiles < (int64_t{1} << 31) && grid_y < 65536,
-              "paged_prefill_attention: too many tokens or heads");
-  kernel<<<dim3(static_cast<unsigned>(max_tiles), static_cast<unsigned>(grid_y)), Tr::kThreads,
-           Tr::kSmemBytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  store_out<T>(o, l, p, c);
 }
 
 }  // namespace prefill_tc
@@ -439,7 +251,10 @@ void launch_prefill_tc(const PrefillTcParams& p, int64_t head_size, int64_t num_
                        int64_t num_kv_heads, cudaStream_t stream) {
   dispatch_head_size<32, 64, 80, 96, 128, 256>(
       "tensor-core paged_prefill_attention", head_size, [&](auto d) {
-        prefill_tc::launch<T, decltype(d)::value>(p, num_tokens, num_kv_heads, stream);
+        using Tr = prefill_tc::Traits<decltype(d)::value>;
+        prefill_tiles::launch_tiles(prefill_tc::prefill_tc_kernel<T, decltype(d)::value>, p,
+                                    Tr::kBlockM, Tr::kThreads, Tr::kSmemBytes, num_tokens,
+                                    num_kv_heads, stream);
       });
 }
 
