@@ -11,14 +11,16 @@
 #   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine
 #   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
 #   SKIP_PREFILL=1          skip the prefill-attention benchmark (bench_prefill.py)
-#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-cuda-core"
+#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-wgmma prefill-cuda-core"
 #                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
 #                           "nano"; "" skips): nano = nano-vllm's workload; fixed = its
 #                           prompts, 512 greedy tokens, against transformers generate and
 #                           generate_batch; eager = nano with --enforce-eager; prefill =
 #                           its prompts, one token each (the prefill phase), and
-#                           prefill-cuda-core the same on the CUDA-core prefill kernel
-#   ARCH_LIST="8.0+PTX"     build for another TORCH_CUDA_ARCH_LIST (default 9.0): with
+#                           prefill-wgmma / prefill-cuda-core the same on the wgmma /
+#                           CUDA-core prefill kernel
+#   ARCH_LIST="8.0+PTX"     build for another TORCH_CUDA_ARCH_LIST (default 9.0, which
+#                           setup.py builds as 9.0a): with
 #                           8.0+PTX the H100 runs the sm_80 code paths (JIT from PTX)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -104,6 +106,8 @@ for w in ${ENGINE_WORKLOADS-nano}; do
   case $w in
     nano) args=(--workload nano) ;;
     prefill) args=(--workload prefill --decode-steps 0) ;;
+    prefill-wgmma) args=(--workload prefill --decode-steps 0)
+                   env=(MINI_PAGED_ATTN_CUDA_PREFILL=wgmma) ;;
     prefill-cuda-core) args=(--workload prefill --decode-steps 0)
                        env=(MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core) ;;
     eager) args=(--workload nano --enforce-eager) ;;

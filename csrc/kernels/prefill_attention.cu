@@ -1,7 +1,8 @@
 // paged_prefill_attention on CUDA. fp16 / bf16 queries on a cache of the same
-// type go to a tensor-core kernel when rows are 16-byte aligned: the wgmma one
-// (prefill_wgmma_kernel.cuh) on compute capability 9.0 at head sizes 64 and
-// 128, the mma.sync one (prefill_tc_kernel.cuh) otherwise. Everything else (float32, a float32 query on a 16-bit
+// type go to a tensor-core kernel when rows are 16-byte aligned: the mma.sync
+// one (prefill_tc_kernel.cuh), or on request the wgmma one
+// (prefill_wgmma_kernel.cuh; compute capability 9.0, head sizes 64 and 128).
+// Everything else (float32, a float32 query on a 16-bit
 // cache, odd head sizes or strides) takes the simple tiled kernel below, with
 // float32 math on the CUDA cores.
 //
@@ -226,19 +227,20 @@ bool tc_aligned(const at::Tensor& t, int64_t dims) {
 }
 
 // MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel (to compare them, or to test
-// the fallbacks): tensor-core (or unset) lets eligible calls use the fastest
-// tensor-core kernel, mma-sync keeps them off wgmma, cuda-core sends every
-// call to the CUDA-core kernel.
-enum class PrefillKernel { kTensorCore, kMmaSync, kCudaCore };
+// the fallbacks): tensor-core (or unset) sends eligible calls to the mma.sync
+// kernel, wgmma to the wgmma kernel where it exists (sm_90a, head sizes 64 and
+// 128; opt-in until it has been validated on a GPU, docs/design.md), and
+// cuda-core sends every call to the CUDA-core kernel.
+enum class PrefillKernel { kTensorCore, kWgmma, kCudaCore };
 
 PrefillKernel requested_kernel() {
   const char* env = std::getenv("MINI_PAGED_ATTN_CUDA_PREFILL");
   if (env == nullptr || *env == 0 || std::strcmp(env, "tensor-core") == 0) {
     return PrefillKernel::kTensorCore;
   }
-  if (std::strcmp(env, "mma-sync") == 0) return PrefillKernel::kMmaSync;
+  if (std::strcmp(env, "wgmma") == 0) return PrefillKernel::kWgmma;
   TORCH_CHECK_VALUE(std::strcmp(env, "cuda-core") == 0,
-                    "MINI_PAGED_ATTN_CUDA_PREFILL must be tensor-core, mma-sync or cuda-core, got '",
+                    "MINI_PAGED_ATTN_CUDA_PREFILL must be tensor-core, wgmma or cuda-core, got '",
                     env, "'");
   return PrefillKernel::kCudaCore;
 }
@@ -266,7 +268,7 @@ void launch_tensor_cores(PrefillKernel kernel, const PagedAttentionDims& d, cons
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   const int64_t num_tokens = query.size(0);
   const bool wgmma =
-      kernel == PrefillKernel::kTensorCore && prefill_wgmma_usable(d.head_size, query.get_device());
+      kernel == PrefillKernel::kWgmma && prefill_wgmma_usable(d.head_size, query.get_device());
   if (key_cache.scalar_type() == at::kHalf) {
     (wgmma ? launch_prefill_wgmma<__half> : launch_prefill_tc<__half>)(p, d.head_size, num_tokens,
                                                                       d.num_kv_heads, stream);
