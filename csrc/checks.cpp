@@ -1,7 +1,11 @@
 #include "mini_paged_attn/checks.h"
 
 #include <c10/util/Exception.h>
+
+#include <cmath>
 #include <tuple>
+
+#include "mini_paged_attn/fp8.h"
 
 namespace mini_paged_attn {
 namespace {
@@ -40,7 +44,13 @@ void check_same_device(const char* op, const char* name, const at::Tensor& t,
 
 void check_cache(const char* op, const char* name, const at::Tensor& cache) {
   check_dim(op, name, cache, 4, "[num_blocks, block_size, num_kv_heads, head_size]");
-  check_float(op, name, cache);
+  TORCH_CHECK_TYPE(is_float_dtype(cache.scalar_type()) || is_fp8(cache.scalar_type()), op, ": ",
+                   name, " must be float32, float16, bfloat16, float8_e4m3fn or float8_e5m2, got ",
+                   cache.scalar_type());
+  // Checked here, before any CUDA launcher dispatches on the dtype.
+  TORCH_CHECK_NOT_IMPLEMENTED(!(is_fp8(cache.scalar_type()) && cache.is_cuda()), op, ": ", name,
+                              " is ", cache.scalar_type(),
+                              ": fp8 KV cache is not implemented on CUDA yet");
   check_last_dim_contiguous(op, name, cache);
   TORCH_CHECK_VALUE(cache.size(0) > 0 && cache.size(1) > 0 && cache.size(2) > 0, op, ": ",
                     name, " has an empty dimension, shape ", cache.sizes());
@@ -106,7 +116,7 @@ PagedAttentionDims check_attention_args(const char* op, const at::Tensor& out,
   TORCH_CHECK_VALUE(d.num_heads % d.num_kv_heads == 0, op, ": query num_heads (", d.num_heads,
                     ") must be a multiple of key_cache num_kv_heads (", d.num_kv_heads, ")");
   TORCH_CHECK_TYPE(query.scalar_type() == key_cache.scalar_type() ||
-                       query.scalar_type() == at::kFloat,
+                       query.scalar_type() == at::kFloat || is_fp8(key_cache.scalar_type()),
                    op, ": query dtype ", query.scalar_type(),
                    " must match key_cache dtype ", key_cache.scalar_type(), " or be float32");
   TORCH_CHECK_VALUE(out.sizes() == query.sizes(), op, ": out shape ", out.sizes(),
@@ -158,9 +168,14 @@ void check_reshape_and_cache(const at::Tensor& key, const at::Tensor& value,
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"key", key},
                                 {"value", value}}) {
     check_dim(op, name, t, 3, "[num_tokens, num_kv_heads, head_size]");
-    TORCH_CHECK_TYPE(t.scalar_type() == key_cache.scalar_type(), op, ": ", name, " dtype ",
-                     t.scalar_type(), " differs from key_cache dtype ",
-                     key_cache.scalar_type());
+    // An fp8 cache quantizes 16-bit or float32 tokens; other caches store them as they are.
+    if (is_fp8(key_cache.scalar_type())) {
+      check_float(op, name, t);
+    } else {
+      TORCH_CHECK_TYPE(t.scalar_type() == key_cache.scalar_type(), op, ": ", name, " dtype ",
+                       t.scalar_type(), " differs from key_cache dtype ",
+                       key_cache.scalar_type());
+    }
     check_last_dim_contiguous(op, name, t);
     check_same_device(op, name, t, key_cache, "key_cache");
     TORCH_CHECK_VALUE(t.size(1) == key_cache.size(2) && t.size(2) == key_cache.size(3), op,
@@ -168,6 +183,8 @@ void check_reshape_and_cache(const at::Tensor& key, const at::Tensor& value,
                       " does not match [num_tokens, num_kv_heads, head_size] of key_cache ",
                       key_cache.sizes());
   }
+  TORCH_CHECK_TYPE(value.scalar_type() == key.scalar_type(), op, ": value dtype ",
+                   value.scalar_type(), " differs from key dtype ", key.scalar_type());
   TORCH_CHECK_VALUE(key.size(0) == value.size(0), op, ": key has ", key.size(0),
                     " tokens but value has ", value.size(0));
   check_dim(op, "slot_mapping", slot_mapping, 1, "[num_tokens]");
@@ -201,6 +218,14 @@ void check_copy_blocks(const std::vector<at::Tensor>& key_caches,
                     ": block_mapping must be a contiguous [num_pairs, 2] tensor, got shape ",
                     block_mapping.sizes());
   check_same_device(op, "block_mapping", block_mapping, ref, "key_caches[0]");
+}
+
+void check_kv_scales(const char* op, double k_scale, double v_scale) {
+  for (const auto& [name, s] : {std::pair<const char*, double>{"k_scale", k_scale},
+                                {"v_scale", v_scale}}) {
+    TORCH_CHECK_VALUE(std::isfinite(s) && s > 0, op, ": ", name,
+                      " must be finite and > 0, got ", s);
+  }
 }
 
 void check_block_tables(const char* op, const at::Tensor& block_tables,

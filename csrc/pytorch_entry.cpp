@@ -51,5 +51,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         });
   m.def("check_reshape_and_cache_args", &mpa::check_reshape_and_cache);
   m.def("check_copy_blocks_args", &mpa::check_copy_blocks);
+  m.def("check_kv_scales", &mpa::check_kv_scales, py::arg("op"), py::arg("k_scale"),
+        py::arg("v_scale"));
   m.def("check_sample_tokens_args", &mpa::check_sample_tokens);
 }

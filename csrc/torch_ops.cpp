@@ -10,55 +10,66 @@ namespace {
 
 // The functional forms allocate the output and forward to the out= op, so
 // each backend implements the kernel once. The out= schema is
-// (out, query, inputs..., scale).
+// (out, query, inputs..., scale, k_scale, v_scale).
 template <typename... Tensors>
 at::Tensor with_new_out(const char* out_op, const at::Tensor& query, double scale,
-                        const Tensors&... inputs) {
-  const auto op = c10::Dispatcher::singleton()
-                      .findSchemaOrThrow(out_op, "")
-                      .typed<void(const at::Tensor&, const at::Tensor&, const Tensors&..., double)>();
+                        double k_scale, double v_scale, const Tensors&... inputs) {
+  const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow(out_op, "")
+          .typed<void(const at::Tensor&, const at::Tensor&, const Tensors&..., double, double,
+                      double)>();
   at::Tensor out = at::empty(query.sizes(), query.options());
-  op.call(out, query, inputs..., scale);
+  op.call(out, query, inputs..., scale, k_scale, v_scale);
   return out;
 }
 
 at::Tensor paged_attention(const at::Tensor& query, const at::Tensor& key_cache,
                            const at::Tensor& value_cache, const at::Tensor& block_tables,
-                           const at::Tensor& context_lens, double scale) {
-  return with_new_out("mini_paged_attn::paged_attention_out", query, scale, key_cache,
-                      value_cache, block_tables, context_lens);
+                           const at::Tensor& context_lens, double scale, double k_scale,
+                           double v_scale) {
+  return with_new_out("mini_paged_attn::paged_attention_out", query, scale, k_scale, v_scale,
+                      key_cache, value_cache, block_tables, context_lens);
 }
 
 at::Tensor paged_prefill_attention(const at::Tensor& query, const at::Tensor& key_cache,
                                    const at::Tensor& value_cache, const at::Tensor& block_tables,
                                    const at::Tensor& context_lens,
-                                   const at::Tensor& query_start_loc, double scale) {
-  return with_new_out("mini_paged_attn::paged_prefill_attention_out", query, scale, key_cache,
-                      value_cache, block_tables, context_lens, query_start_loc);
+                                   const at::Tensor& query_start_loc, double scale,
+                                   double k_scale, double v_scale) {
+  return with_new_out("mini_paged_attn::paged_prefill_attention_out", query, scale, k_scale,
+                      v_scale, key_cache, value_cache, block_tables, context_lens,
+                      query_start_loc);
 }
 
 }  // namespace
 
+// k_scale / v_scale: the per-tensor scales of an fp8 KV cache (fp8.h); other
+// caches ignore them.
 TORCH_LIBRARY(mini_paged_attn, m) {
   m.def(
       "paged_attention(Tensor query, Tensor key_cache, Tensor value_cache, "
-      "Tensor block_tables, Tensor context_lens, float scale) -> Tensor");
+      "Tensor block_tables, Tensor context_lens, float scale, *, float k_scale=1.0, "
+      "float v_scale=1.0) -> Tensor");
   m.def(
       "paged_attention_out(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
-      "Tensor block_tables, Tensor context_lens, float scale) -> ()");
+      "Tensor block_tables, Tensor context_lens, float scale, *, float k_scale=1.0, "
+      "float v_scale=1.0) -> ()");
   m.def(
       "paged_prefill_attention(Tensor query, Tensor key_cache, Tensor value_cache, "
-      "Tensor block_tables, Tensor context_lens, Tensor query_start_loc, float scale) -> Tensor");
+      "Tensor block_tables, Tensor context_lens, Tensor query_start_loc, float scale, *, "
+      "float k_scale=1.0, float v_scale=1.0) -> Tensor");
   m.def(
       "paged_prefill_attention_out(Tensor(a!) out, Tensor query, Tensor key_cache, "
       "Tensor value_cache, Tensor block_tables, Tensor context_lens, Tensor query_start_loc, "
-      "float scale) -> ()");
+      "float scale, *, float k_scale=1.0, float v_scale=1.0) -> ()");
   m.def(
       "paged_attention_v1(Tensor(a!) out, Tensor query, Tensor key_cache, Tensor value_cache, "
       "Tensor block_table, Tensor context_lens) -> ()");
   m.def(
       "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, "
-      "Tensor(b!) value_cache, Tensor slot_mapping) -> ()");
+      "Tensor(b!) value_cache, Tensor slot_mapping, *, float k_scale=1.0, "
+      "float v_scale=1.0) -> ()");
   m.def(
       "copy_blocks(Tensor(a!)[] key_caches, Tensor(b!)[] value_caches, "
       "Tensor block_mapping) -> ()");

@@ -28,6 +28,10 @@ class PagedAttention(nn.Module):
         scale: softmax scale, ``1/sqrt(head_size)`` by default.
         check: validate the metadata against the cache on every call (on a GPU
             this copies it to the host, a synchronisation).
+
+    ``k_scale`` / ``v_scale`` (floats, 1.0 unless a checkpoint provides them) are
+    the per-tensor scales of an fp8 cache (``ops`` module docstring); caches of
+    other dtypes ignore them.
     """
 
     def __init__(self, num_heads: int, head_size: int, num_kv_heads: Optional[int] = None,
@@ -44,6 +48,8 @@ class PagedAttention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.scale = default_scale(head_size) if scale is None else float(scale)
         self.check = check
+        self.k_scale = 1.0
+        self.v_scale = 1.0
         self.key_cache: Optional[torch.Tensor] = None
         self.value_cache: Optional[torch.Tensor] = None
 
@@ -69,17 +75,18 @@ class PagedAttention(nn.Module):
             raise ValueError(f"query has {query.size(0)} tokens but metadata describes "
                              f"{metadata.num_tokens}")
         kc, vc = self.key_cache, self.value_cache
-        reshape_and_cache(key, value, kc, vc, metadata.slot_mapping, check=self.check)
+        scales = {"k_scale": self.k_scale, "v_scale": self.v_scale}
+        reshape_and_cache(key, value, kc, vc, metadata.slot_mapping, check=self.check, **scales)
         out = torch.empty_like(query)
         n, p = metadata.num_prefills, metadata.num_prefill_tokens
         if p:
             paged_prefill_attention(query[:p], kc, vc, metadata.block_tables[:n],
                                     metadata.context_lens[:n], metadata.query_start_loc,
-                                    scale=self.scale, out=out[:p], check=self.check)
+                                    scale=self.scale, out=out[:p], check=self.check, **scales)
         if metadata.num_decode_tokens:
             paged_attention(query[p:], kc, vc, metadata.block_tables[n:],
                             metadata.context_lens[n:], scale=self.scale, out=out[p:],
-                            check=self.check)
+                            check=self.check, **scales)
         return out
 
     def extra_repr(self) -> str:

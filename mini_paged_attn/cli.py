@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", default=None, help="default: the directory's name")
     s.add_argument("--device", default=None)
     s.add_argument("--dtype", default=None)
+    s.add_argument("--kv-cache-dtype", default="auto",
+                   help="auto (the model's dtype), fp8, fp8_e4m3 or fp8_e5m2 (CPU only for now)")
     s.add_argument("--kv-cache-memory-gb", type=float, default=None,
                    help="KV-cache budget (default: the LLM's)")
     s.add_argument("--max-num-seqs", type=int, default=256)
@@ -47,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         PagedKVCacheConfig(int(args.kv_cache_memory_gb * 2**30))
     llm = LLM(args.model, cache, device=args.device, dtype=args.dtype,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              max_model_len=args.max_model_len)
+              max_model_len=args.max_model_len, kv_cache_dtype=args.kv_cache_dtype)
     kv = llm.engine.kv_cache
     logging.info("KV cache: %d blocks of %d tokens (%d tokens), max_model_len %d",
                  kv.num_blocks, kv.block_size, kv.num_blocks * kv.block_size,

@@ -12,7 +12,7 @@ import torch
 from ._C import PagedKVCacheConfig, StaticKVCacheConfig
 from .cache.kv_cache import KVCache
 from .cache.paged_kv_cache import PagedKVCache
-from .cache.sizing import kv_bytes_per_token, num_blocks_for
+from .cache.sizing import kv_bytes_per_token, num_blocks_for, resolve_kv_cache_dtype
 from .cache.slotted_kv_cache import SlottedKVCache
 from .checks import check_int, positive
 from .engine.beam_search import beam_search
@@ -42,6 +42,10 @@ class LLM:
         device: "cuda" when available, else "cpu", by default.
         dtype: the model's and cache's dtype (a torch.dtype or its name; the
             checkpoint's by default).
+        kv_cache_dtype: "auto" (the model's dtype), or "fp8" / "fp8_e4m3"
+            (float8_e4m3fn) or "fp8_e5m2": half the bytes of a 16-bit cache, so
+            twice the blocks in the same budget (CPU only for now); the scales
+            are the checkpoint's ``k_scale`` / ``v_scale`` when it has them, else 1.0.
         max_num_seqs: sequences running at once.
         max_num_batched_tokens: tokens computed per step; longer prompts are
             prefilled in chunks.
@@ -66,7 +70,7 @@ class LLM:
                  dtype: Optional[torch.dtype] = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, max_model_len: Optional[int] = None,
                  seed: int = 0, enforce_eager: bool = False, tokenizer: Optional[str] = None,
-                 skip_tokenizer_init: bool = False):
+                 skip_tokenizer_init: bool = False, kv_cache_dtype: str = "auto"):
         max_num_seqs = positive("max_num_seqs", max_num_seqs)
         max_num_batched_tokens = positive("max_num_batched_tokens", max_num_batched_tokens)
         if max_model_len is not None:
@@ -91,7 +95,8 @@ class LLM:
             max_model_len = config.sliding_window
         cache_config = cache_config or PagedKVCacheConfig(DEFAULT_KV_MEMORY_BYTES)
         dims = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
-                next(self.model.parameters()).dtype, device)
+                resolve_kv_cache_dtype(kv_cache_dtype, next(self.model.parameters()).dtype,
+                                       device), device)
         if not isinstance(cache_config, (PagedKVCacheConfig, StaticKVCacheConfig)):
             raise TypeError(f"cache_config must be a PagedKVCacheConfig or StaticKVCacheConfig, "
                             f"got {type(cache_config).__name__}")

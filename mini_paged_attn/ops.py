@@ -5,12 +5,19 @@ C++ and name the argument; ``check=True`` adds data checks of block ids, context
 lengths and slots against the cache, which on a GPU copies the small metadata
 tensors to the host) and calls ``torch.ops.mini_paged_attn.*``, so the same ops
 work eagerly, under ``torch.compile`` and inside CUDA graphs (``check=False``).
+
+fp8 KV caches (``torch.float8_e4m3fn`` / ``torch.float8_e5m2``, CPU only for
+now) follow vLLM: ``reshape_and_cache`` stores ``x / k_scale`` (``v_scale``)
+rounded to nearest and saturated to the format's finite range, and attention
+reads ``fp8 * k_scale`` (``v_scale``) in float32. Scales are per tensor, a float
+or a 0-d tensor (read on the host: a synchronisation on a GPU), finite and > 0;
+caches of other dtypes ignore them.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -38,13 +45,29 @@ def default_scale(head_size: int) -> float:
     return 1.0 / math.sqrt(head_size)
 
 
+KVScale = Union[float, torch.Tensor]
+
+
+def _kv_scale(name: str, value: KVScale) -> float:
+    """A float or 0-d tensor scale as a float (the ops check it is finite and > 0)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0:
+            raise ValueError(f"{name} must be a float or a 0-d tensor, got shape "
+                             f"{tuple(value.shape)}")
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(value).__name__}")
+    return float(value)
+
+
 def _attend(op: str, out: Optional[torch.Tensor], query: torch.Tensor, scale: Optional[float],
-            *inputs: torch.Tensor) -> torch.Tensor:
-    """Calls ``op(query, *inputs, scale)``, or ``op_out(out, query, *inputs, scale)``."""
+            k_scale: KVScale, v_scale: KVScale, *inputs: torch.Tensor) -> torch.Tensor:
+    """Calls ``op(query, *inputs, scale, k_scale=, v_scale=)``, or its ``_out`` form."""
     scale = default_scale(query.size(-1)) if scale is None else float(scale)
+    scales = {"k_scale": _kv_scale("k_scale", k_scale), "v_scale": _kv_scale("v_scale", v_scale)}
     if out is None:
-        return getattr(_ops, op)(query, *inputs, scale)
-    getattr(_ops, op + "_out")(out, query, *inputs, scale)
+        return getattr(_ops, op)(query, *inputs, scale, **scales)
+    getattr(_ops, op + "_out")(out, query, *inputs, scale, **scales)
     return out
 
 
@@ -57,26 +80,32 @@ def paged_attention(
     scale: Optional[float] = None,
     out: Optional[torch.Tensor] = None,
     check: bool = True,
+    *,
+    k_scale: KVScale = 1.0,
+    v_scale: KVScale = 1.0,
 ) -> torch.Tensor:
     """Decode attention of one query token per sequence over a paged KV cache.
 
     Args:
         query: ``[num_seqs, num_heads, head_size]``.
         key_cache, value_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``,
-            any strides with a contiguous last dim (e.g. views of one interleaved cache).
+            any strides with a contiguous last dim (e.g. views of one interleaved cache);
+            of ``query``'s dtype, 16-bit under a float32 query, or fp8 (CPU) under a
+            16-bit or float32 query.
         block_tables: int32 ``[num_seqs, max_blocks_per_seq]`` physical block ids.
         context_lens: int32 ``[num_seqs]`` tokens to attend to (0 gives zeros).
         scale: softmax scale, ``1/sqrt(head_size)`` by default.
         out: optional output tensor shaped and typed like ``query``.
         check: validate block ids and context lengths against the cache.
+        k_scale, v_scale: an fp8 cache's scales (module docstring); ignored otherwise.
 
     Returns:
         ``[num_seqs, num_heads, head_size]`` in the dtype of ``query``.
     """
     if check:
         _check_block_tables("paged_attention", key_cache, block_tables, context_lens)
-    return _attend("paged_attention", out, query, scale, key_cache, value_cache, block_tables,
-                   context_lens)
+    return _attend("paged_attention", out, query, scale, k_scale, v_scale, key_cache,
+                   value_cache, block_tables, context_lens)
 
 
 def paged_prefill_attention(
@@ -89,6 +118,9 @@ def paged_prefill_attention(
     scale: Optional[float] = None,
     out: Optional[torch.Tensor] = None,
     check: bool = True,
+    *,
+    k_scale: KVScale = 1.0,
+    v_scale: KVScale = 1.0,
 ) -> torch.Tensor:
     """Causal attention of several sequences' new tokens over a paged KV cache.
 
@@ -103,8 +135,8 @@ def paged_prefill_attention(
         key_cache, value_cache, block_tables: as for :func:`paged_attention`.
         context_lens: int32 ``[num_seqs]`` tokens of each sequence, the new ones included.
         query_start_loc: int32 ``[num_seqs + 1]`` offsets of each sequence's rows in ``query``.
-        scale, out, check: as for :func:`paged_attention` (``check`` also validates
-            ``query_start_loc``).
+        scale, out, check, k_scale, v_scale: as for :func:`paged_attention` (``check``
+            also validates ``query_start_loc``).
 
     Returns:
         ``[num_tokens, num_heads, head_size]`` in the dtype of ``query``.
@@ -114,8 +146,8 @@ def paged_prefill_attention(
         if query.device.type != "cpu":
             _C.check_query_start_loc("paged_prefill_attention", _on_host(query_start_loc),
                                      _on_host(context_lens), query.size(0))
-    return _attend("paged_prefill_attention", out, query, scale, key_cache, value_cache,
-                   block_tables, context_lens, query_start_loc)
+    return _attend("paged_prefill_attention", out, query, scale, k_scale, v_scale, key_cache,
+                   value_cache, block_tables, context_lens, query_start_loc)
 
 
 def paged_attention_v1(
@@ -141,16 +173,23 @@ def reshape_and_cache(
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
     check: bool = True,
+    *,
+    k_scale: KVScale = 1.0,
+    v_scale: KVScale = 1.0,
 ) -> None:
     """Writes ``[num_tokens, num_kv_heads, head_size]`` key/value tokens into the caches.
 
     Token ``i`` goes to ``slot_mapping[i] = block * block_size + offset`` (int64);
-    negative slots (padding) are skipped.
+    negative slots (padding) are skipped. Tokens have the caches' dtype, or any
+    float dtype for an fp8 cache, which stores them quantized with ``k_scale`` /
+    ``v_scale`` (module docstring).
     """
     if check and key_cache.device.type != "cpu" and key_cache.dim() == 4:
         _C.check_slot_mapping("reshape_and_cache", _on_host(slot_mapping),
                               key_cache.size(0) * key_cache.size(1))
-    _ops.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    _ops.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
+                           k_scale=_kv_scale("k_scale", k_scale),
+                           v_scale=_kv_scale("v_scale", v_scale))
 
 
 def copy_blocks(
@@ -218,7 +257,9 @@ def _sample_tokens_fake(logits, temperatures, min_scaled_logits, seeds, position
 
 
 @torch.library.register_fake("mini_paged_attn::paged_attention")
-def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_lens, scale):
+def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_lens, scale, *,
+                          k_scale=1.0, v_scale=1.0):
+    _C.check_kv_scales("paged_attention", k_scale, v_scale)
     _fake_check("paged_attention", functools.partial(_C.check_paged_attention_args,
                                                      "paged_attention"),
                 query, query, key_cache, value_cache, block_tables, context_lens)
@@ -227,7 +268,8 @@ def _paged_attention_fake(query, key_cache, value_cache, block_tables, context_l
 
 @torch.library.register_fake("mini_paged_attn::paged_attention_out")
 def _paged_attention_out_fake(out, query, key_cache, value_cache, block_tables, context_lens,
-                              scale):
+                              scale, *, k_scale=1.0, v_scale=1.0):
+    _C.check_kv_scales("paged_attention", k_scale, v_scale)
     _fake_check("paged_attention", functools.partial(_C.check_paged_attention_args,
                                                      "paged_attention"),
                 out, query, key_cache, value_cache, block_tables, context_lens)
@@ -235,7 +277,8 @@ def _paged_attention_out_fake(out, query, key_cache, value_cache, block_tables, 
 
 @torch.library.register_fake("mini_paged_attn::paged_prefill_attention")
 def _paged_prefill_attention_fake(query, key_cache, value_cache, block_tables, context_lens,
-                                  query_start_loc, scale):
+                                  query_start_loc, scale, *, k_scale=1.0, v_scale=1.0):
+    _C.check_kv_scales("paged_prefill_attention", k_scale, v_scale)
     _fake_check("paged_prefill_attention", _C.check_paged_prefill_attention_args, query, query,
                 key_cache, value_cache, block_tables, context_lens, query_start_loc)
     return query.new_empty(query.shape)  # contiguous, as the op allocates it
@@ -243,7 +286,9 @@ def _paged_prefill_attention_fake(query, key_cache, value_cache, block_tables, c
 
 @torch.library.register_fake("mini_paged_attn::paged_prefill_attention_out")
 def _paged_prefill_attention_out_fake(out, query, key_cache, value_cache, block_tables,
-                                      context_lens, query_start_loc, scale):
+                                      context_lens, query_start_loc, scale, *, k_scale=1.0,
+                                      v_scale=1.0):
+    _C.check_kv_scales("paged_prefill_attention", k_scale, v_scale)
     _fake_check("paged_prefill_attention", _C.check_paged_prefill_attention_args, out, query,
                 key_cache, value_cache, block_tables, context_lens, query_start_loc)
 
@@ -256,7 +301,9 @@ def _paged_attention_v1_fake(out, query, key_cache, value_cache, block_table, co
 
 
 @torch.library.register_fake("mini_paged_attn::reshape_and_cache")
-def _reshape_and_cache_fake(key, value, key_cache, value_cache, slot_mapping):
+def _reshape_and_cache_fake(key, value, key_cache, value_cache, slot_mapping, *, k_scale=1.0,
+                            v_scale=1.0):
+    _C.check_kv_scales("reshape_and_cache", k_scale, v_scale)
     _fake_check("reshape_and_cache", _C.check_reshape_and_cache_args, key, value, key_cache,
                 value_cache, slot_mapping)
 

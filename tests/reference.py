@@ -101,3 +101,31 @@ def random_paged_kv(num_seqs: int, context_lens: List[int], num_kv_heads: int, h
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out = out.double().cpu()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+FP8_DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def quantize_fp8(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """vLLM's fp8 cache store: ``x / scale`` in float32, saturated to the finite
+    range (torch's own cast does not saturate), rounded by torch's cast."""
+    limit = torch.finfo(dtype).max
+    return (x.float() / scale).clamp(-limit, limit).to(dtype)
+
+
+def dequantize_fp8(cache: torch.Tensor, scale: float) -> torch.Tensor:
+    """An fp8 cache's values in float64, ``fp8 * scale`` (what attention reads)."""
+    return cache.cpu().double() * scale
+
+
+def random_fp8_paged_kv(num_seqs: int, context_lens: List[int], num_kv_heads: int,
+                        head_size: int, block_size: int, dtype: torch.dtype,
+                        k_scale: float, v_scale: float,
+                        generator: Optional[torch.Generator] = None, **kwargs):
+    """:func:`random_paged_kv` in float32, quantized: values spread over the fp8
+    range at these scales, unused slots NaN codes."""
+    k, v, tables, lens = random_paged_kv(num_seqs, context_lens, num_kv_heads, head_size,
+                                         block_size, torch.float32, "cpu", generator=generator,
+                                         **kwargs)
+    return (quantize_fp8(k * 4 * k_scale, k_scale, dtype),
+            quantize_fp8(v * 4 * v_scale, v_scale, dtype), tables, lens)

@@ -17,6 +17,7 @@
 #include "mini_paged_attn/cpu_isa.h"
 #include "mini_paged_attn/cpu_vec.h"
 #include "mini_paged_attn/dispatch.h"
+#include "mini_paged_attn/fp8.h"
 
 namespace mini_paged_attn::cpu {
 
@@ -131,6 +132,8 @@ MPA_INLINE void attend_any(const PartitionTask& t, at::ScalarType cache_dtype) {
     case at::kFloat: attend_impl<float, W>(t); break;
     case at::kHalf: attend_impl<c10::Half, W>(t); break;
     case at::kBFloat16: attend_impl<c10::BFloat16, W>(t); break;
+    case at::kFloat8_e4m3fn: attend_impl<c10::Float8_e4m3fn, W>(t); break;
+    case at::kFloat8_e5m2: attend_impl<c10::Float8_e5m2, W>(t); break;
     default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
   }
 }
@@ -175,7 +178,7 @@ template <typename query_t>
 void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at::Tensor& query,
                    const at::Tensor& key_cache, const at::Tensor& value_cache,
                    const at::Tensor& block_tables, const at::Tensor& context_lens,
-                   float scale) {
+                   float scale, float k_scale, float v_scale) {
   const AttendFn attend = select_attend();
   const at::ScalarType cache_dtype = key_cache.scalar_type();
   const int64_t H = d.num_heads, D = d.head_size;
@@ -190,11 +193,14 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
   std::vector<float> q(d.num_seqs * H * D), acc(num_tasks * H * D), max(num_tasks * H),
       sum(num_tasks * H);
   const query_t* q_ptr = query.data_ptr<query_t>();
+  // The key scale is folded into the query and the value scale into the
+  // output's normalisation, so the inner loops read the raw fp8 values.
+  const float q_scale = scale * k_scale;
   for (int64_t s = 0; s < d.num_seqs; ++s)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < D; ++i)
         q[(s * H + h) * D + i] =
-            static_cast<float>(q_ptr[s * query.stride(0) + h * query.stride(1) + i]) * scale;
+            static_cast<float>(q_ptr[s * query.stride(0) + h * query.stride(1) + i]) * q_scale;
 
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
@@ -249,7 +255,7 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
         for (int64_t i = 0; i < D; ++i) row[i] += w * a[i];
       }
       // An empty context (no partitions) yields zeros, not 0/0.
-      const float inv = total > 0.f ? 1.f / total : 0.f;
+      const float inv = total > 0.f ? v_scale / total : 0.f;
       query_t* o = out_ptr + s * out.stride(0) + h * out.stride(1);
       for (int64_t i = 0; i < D; ++i) o[i] = static_cast<query_t>(row[i] * inv);
     }
@@ -259,24 +265,28 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
 void paged_attention_cpu(const char* op, const at::Tensor& out, const at::Tensor& query,
                          const at::Tensor& key_cache, const at::Tensor& value_cache,
                          const at::Tensor& block_tables, const at::Tensor& context_lens,
-                         std::optional<double> maybe_scale) {
+                         std::optional<double> maybe_scale, double k_scale, double v_scale) {
   const PagedAttentionDims d =
       check_paged_attention(op, out, query, key_cache, value_cache, block_tables, context_lens);
   check_block_tables(op, block_tables, context_lens, d.num_blocks, d.block_size);
+  check_kv_scales(op, k_scale, v_scale);
   const float scale = static_cast<float>(
       maybe_scale.value_or(default_scale(d.head_size)));
+  const at::ScalarType cache = key_cache.scalar_type();
   dispatch_float_type<c10::Half, c10::BFloat16>(op, "query", query.scalar_type(), [&](auto q) {
     run_attention<typename decltype(q)::type>(d, out, query, key_cache, value_cache,
-                                              block_tables, context_lens, scale);
+                                              block_tables, context_lens, scale,
+                                              effective_kv_scale(cache, k_scale),
+                                              effective_kv_scale(cache, v_scale));
   });
 }
 
 void paged_attention_out(const at::Tensor& out, const at::Tensor& query,
                          const at::Tensor& key_cache, const at::Tensor& value_cache,
                          const at::Tensor& block_tables, const at::Tensor& context_lens,
-                         double scale) {
+                         double scale, double k_scale, double v_scale) {
   paged_attention_cpu("paged_attention", out, query, key_cache, value_cache, block_tables,
-                      context_lens, scale);
+                      context_lens, scale, k_scale, v_scale);
 }
 
 void paged_attention_v1(const at::Tensor& out, const at::Tensor& query,
@@ -284,7 +294,7 @@ void paged_attention_v1(const at::Tensor& out, const at::Tensor& query,
                         const at::Tensor& block_table, const at::Tensor& context_lens) {
   // The seed's signature has no scale: it is always 1/sqrt(head_size).
   paged_attention_cpu("paged_attention_v1", out, query, key_cache, value_cache, block_table,
-                      context_lens, std::nullopt);
+                      context_lens, std::nullopt, 1.0, 1.0);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "mini_paged_attn/cpu_isa.h"
 #include "mini_paged_attn/cpu_vec.h"
 #include "mini_paged_attn/dispatch.h"
+#include "mini_paged_attn/fp8.h"
 
 namespace mini_paged_attn::cpu {
 
@@ -104,6 +105,8 @@ MPA_INLINE void prefill_any(const PrefillTask& t, at::ScalarType cache_dtype) {
     case at::kFloat: prefill_impl<float, W>(t); break;
     case at::kHalf: prefill_impl<c10::Half, W>(t); break;
     case at::kBFloat16: prefill_impl<c10::BFloat16, W>(t); break;
+    case at::kFloat8_e4m3fn: prefill_impl<c10::Float8_e4m3fn, W>(t); break;
+    case at::kFloat8_e5m2: prefill_impl<c10::Float8_e5m2, W>(t); break;
     default: TORCH_CHECK(false, "Unsupported cache dtype ", cache_dtype);
   }
 }
@@ -141,7 +144,8 @@ template <typename query_t>
 void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::Tensor& query,
                  const at::Tensor& key_cache, const at::Tensor& value_cache,
                  const at::Tensor& block_tables, const at::Tensor& context_lens,
-                 const at::Tensor& query_start_loc, float scale) {
+                 const at::Tensor& query_start_loc, float scale, float k_scale,
+                 float v_scale) {
   const PrefillFn prefill = select_prefill();
   const at::ScalarType cache_dtype = key_cache.scalar_type();
   const int64_t KVH = d.num_kv_heads, G = d.num_heads / KVH, D = d.head_size;
@@ -159,6 +163,9 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
   query_t* out_ptr = out.data_ptr<query_t>();
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   const auto elem = key_cache.element_size();
+  // The key scale is folded into the query and the value scale into the
+  // output's normalisation, so the inner loops read the raw fp8 values.
+  const float q_scale = scale * k_scale;
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     const int64_t R = kTileTokens * G;
     std::vector<float> q(R * D), acc(R * D), max(R), sum(R), scores(R * d.block_size);
@@ -169,7 +176,7 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
       for (int64_t r = 0; r < rows; ++r) {
         const query_t* src =
             q_ptr + (it.first_token + r / G) * query.stride(0) + (it.kv_head * G + r % G) * query.stride(1);
-        for (int64_t j = 0; j < D; ++j) q[r * D + j] = static_cast<float>(src[j]) * scale;
+        for (int64_t j = 0; j < D; ++j) q[r * D + j] = static_cast<float>(src[j]) * q_scale;
       }
       PrefillTask t;
       t.q = q.data();
@@ -195,7 +202,7 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
       prefill(t, cache_dtype);
       for (int64_t r = 0; r < rows; ++r) {
         // Every row sees at least key 0, so sum > 0.
-        const float inv = 1.f / sum[r];
+        const float inv = v_scale / sum[r];
         query_t* dst = out_ptr + (it.first_token + r / G) * out.stride(0) +
                        (it.kv_head * G + r % G) * out.stride(1);
         for (int64_t j = 0; j < D; ++j) dst[j] = static_cast<query_t>(acc[r * D + j] * inv);
@@ -207,16 +214,21 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
 void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
                                  const at::Tensor& key_cache, const at::Tensor& value_cache,
                                  const at::Tensor& block_tables, const at::Tensor& context_lens,
-                                 const at::Tensor& query_start_loc, double scale) {
+                                 const at::Tensor& query_start_loc, double scale,
+                                 double k_scale, double v_scale) {
   const char* op = "paged_prefill_attention";
   const PagedAttentionDims d = check_paged_prefill_attention(
       op, out, query, key_cache, value_cache, block_tables, context_lens, query_start_loc);
   check_block_tables(op, block_tables, context_lens, d.num_blocks, d.block_size);
   check_query_start_loc(op, query_start_loc, context_lens, query.size(0));
+  check_kv_scales(op, k_scale, v_scale);
+  const at::ScalarType cache = key_cache.scalar_type();
   const float s = static_cast<float>(scale);
   dispatch_float_type<c10::Half, c10::BFloat16>(op, "query", query.scalar_type(), [&](auto q) {
     run_prefill<typename decltype(q)::type>(d, out, query, key_cache, value_cache, block_tables,
-                                            context_lens, query_start_loc, s);
+                                            context_lens, query_start_loc, s,
+                                            effective_kv_scale(cache, k_scale),
+                                            effective_kv_scale(cache, v_scale));
   });
 }
 

@@ -145,10 +145,12 @@ void launch_for_head_size(int64_t head_size, const PagedAttentionParams& p, cons
 void paged_attention_out(const at::Tensor& out, const at::Tensor& query,
                          const at::Tensor& key_cache, const at::Tensor& value_cache,
                          const at::Tensor& block_tables, const at::Tensor& context_lens,
-                         double scale) {
+                         double scale, double k_scale, double v_scale) {
   const char* op = "paged_attention";
+  // Rejects fp8 caches (not on CUDA yet): the scales of other caches are unused.
   const PagedAttentionDims d =
       check_paged_attention(op, out, query, key_cache, value_cache, block_tables, context_lens);
+  check_kv_scales(op, k_scale, v_scale);
   check_cache_alignment(op, "key_cache", key_cache);
   check_cache_alignment(op, "value_cache", value_cache);
   const int64_t block_size = d.block_size;

@@ -86,8 +86,10 @@ __global__ void reshape_and_cache_kernel(
 
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value,
                        const at::Tensor& key_cache, const at::Tensor& value_cache,
-                       const at::Tensor& slot_mapping) {
+                       const at::Tensor& slot_mapping, double k_scale, double v_scale) {
+  // Rejects fp8 caches (not on CUDA yet): the scales of other caches are unused.
   check_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping);
+  check_kv_scales("reshape_and_cache", k_scale, v_scale);
   const int64_t num_tokens = key.size(0);
   if (num_tokens == 0) return;
   TORCH_CHECK_VALUE(num_tokens < (int64_t{1} << 31), "reshape_and_cache: too many tokens");

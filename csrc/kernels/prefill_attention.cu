@@ -281,10 +281,13 @@ void launch_tensor_cores(PrefillKernel kernel, const PagedAttentionDims& d, cons
 void paged_prefill_attention_out(const at::Tensor& out, const at::Tensor& query,
                                  const at::Tensor& key_cache, const at::Tensor& value_cache,
                                  const at::Tensor& block_tables, const at::Tensor& context_lens,
-                                 const at::Tensor& query_start_loc, double scale) {
+                                 const at::Tensor& query_start_loc, double scale,
+                                 double k_scale, double v_scale) {
   const char* op = "paged_prefill_attention";
+  // Rejects fp8 caches (not on CUDA yet): the scales of other caches are unused.
   const PagedAttentionDims d = check_paged_prefill_attention(
       op, out, query, key_cache, value_cache, block_tables, context_lens, query_start_loc);
+  check_kv_scales(op, k_scale, v_scale);
   TORCH_CHECK_VALUE(d.max_blocks_per_seq * d.block_size < (int64_t{1} << 30), op,
                     ": block_tables allows more tokens a sequence than supported");
   const int64_t num_tokens = query.size(0);

@@ -24,3 +24,21 @@ def num_blocks_for(config: PagedKVCacheConfig, num_kv_heads: int, head_size: int
         raise ValueError(f"max_kv_memory_bytes={config.max_kv_memory_bytes()} is smaller than "
                          f"one block ({per_block} bytes)")
     return num_blocks
+
+
+# vLLM's kv_cache_dtype names: "auto" is the model's dtype.
+KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                   "fp8_e5m2": torch.float8_e5m2}
+
+
+def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The cache dtype ``LLM(kv_cache_dtype=name)`` stores K/V in."""
+    if name == "auto":
+        return model_dtype
+    if not isinstance(name, str) or name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be 'auto' or one of {sorted(KV_CACHE_DTYPES)}, "
+                         f"got {name!r}")
+    if device.type == "cuda":
+        raise NotImplementedError(f"kv_cache_dtype={name!r}: fp8 KV cache is not implemented "
+                                  f"on CUDA yet")
+    return KV_CACHE_DTYPES[name]

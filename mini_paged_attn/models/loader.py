@@ -17,6 +17,27 @@ from .llama import LlamaForCausalLM, MergedLinear
 _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
           "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 _FUSED_NAME = re.compile(r"^(.*)\.(" + "|".join(_FUSED) + r")\.(weight|bias)$")
+# An fp8 KV cache's per-layer scales, under the names vLLM reads (e.g.
+# model.layers.0.self_attn.k_scale or ...self_attn.k_proj.k_scale).
+_KV_SCALE_NAME = re.compile(r"^(.*\.self_attn)\.(?:(?:k_proj|v_proj|qkv_proj|attn)\.)?"
+                            r"(k_scale|v_scale)$")
+
+
+def _load_kv_scale(model: LlamaForCausalLM, name: str, tensor: torch.Tensor, path: str) -> bool:
+    """Sets the attention layer's ``k_scale`` / ``v_scale`` if ``name`` is one."""
+    m = _KV_SCALE_NAME.match(name)
+    if m is None:
+        return False
+    try:
+        attn = model.get_submodule(f"{m.group(1)}.attn")
+    except AttributeError:
+        return False  # not the model's: reported as unexpected
+    value = float(tensor.float().reshape(-1)[0]) if tensor.numel() == 1 else float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{name} in {path} must be one finite value > 0, got "
+                         f"{tensor.tolist()}")
+    setattr(attn, m.group(2), value)
+    return True
 
 
 def _target(model: LlamaForCausalLM, name: str) -> Tuple[str, Optional[slice]]:
@@ -59,6 +80,8 @@ def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
             for name, tensor in tensors.items():
                 if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
                     continue  # recomputed, or shared with embed_tokens
+                if _load_kv_scale(model, name, tensor, path):
+                    continue
                 target, rows = _target(model, name)
                 if target not in params:
                     unexpected.add(name)

@@ -3,7 +3,8 @@ import torch
 
 import mini_paged_attn as mpa
 from mini_paged_attn import CacheConfig, PagedKVCacheConfig, StaticKVCacheConfig
-from mini_paged_attn.cache.sizing import kv_bytes_per_token, num_blocks_for
+from mini_paged_attn.cache.sizing import (kv_bytes_per_token, num_blocks_for,
+                                          resolve_kv_cache_dtype)
 
 
 def test_cache_config_is_abstract():
@@ -70,3 +71,23 @@ def test_num_blocks_from_byte_budget():
     assert num_blocks_for(c, 8, 128, torch.float16, num_layers=2) == (1 << 20) // (16 * per_token)
     with pytest.raises(ValueError, match="smaller than one block"):
         num_blocks_for(PagedKVCacheConfig(100), 8, 128, torch.float16)
+
+
+def test_fp8_cache_fits_twice_the_blocks():
+    c = PagedKVCacheConfig(1 << 20, block_size=16)
+    for fp8 in (torch.float8_e4m3fn, torch.float8_e5m2):
+        assert kv_bytes_per_token(8, 128, fp8, 2) * 2 == kv_bytes_per_token(8, 128, torch.bfloat16, 2)
+        assert num_blocks_for(c, 8, 128, fp8, 2) == 2 * num_blocks_for(c, 8, 128, torch.bfloat16, 2)
+
+
+def test_kv_cache_dtype_names():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_kv_cache_dtype("auto", torch.bfloat16, cpu) == torch.bfloat16
+    assert resolve_kv_cache_dtype("auto", torch.float16, cuda) == torch.float16
+    assert resolve_kv_cache_dtype("fp8", torch.bfloat16, cpu) == torch.float8_e4m3fn
+    assert resolve_kv_cache_dtype("fp8_e4m3", torch.float32, cpu) == torch.float8_e4m3fn
+    assert resolve_kv_cache_dtype("fp8_e5m2", torch.float32, cpu) == torch.float8_e5m2
+    with pytest.raises(ValueError, match="kv_cache_dtype must be 'auto' or one of"):
+        resolve_kv_cache_dtype("int8", torch.float32, cpu)
+    with pytest.raises(NotImplementedError, match="fp8 KV cache is not implemented on CUDA"):
+        resolve_kv_cache_dtype("fp8", torch.bfloat16, cuda)

@@ -17,14 +17,6 @@ ISAS = _C.supported_cpu_isas()
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _C.cpu_isa()
-    _C.set_cpu_isa(request.param)
-    yield request.param
-    _C.set_cpu_isa(before)
-
-
 def test_the_best_variant_is_the_default_and_names_are_checked():
     assert ISAS[0] == "baseline" and _C.cpu_isa() == ISAS[-1]
     with pytest.raises(ValueError, match="isa must be baseline"):

@@ -26,7 +26,9 @@ struct PagedAttentionDims {
   int64_t max_blocks_per_seq;
 };
 
-// out, query:             [num_seqs, num_heads, head_size], last dim contiguous
+// out, query:             [num_seqs, num_heads, head_size], last dim contiguous;
+//                         query of key_cache's dtype, float32, or any float dtype
+//                         for an fp8 cache (fp8 caches: CPU only for now)
 // key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_size],
 //                         any strides with a contiguous last dim
 // block_tables:           int32 [num_seqs, max_blocks_per_seq], last dim contiguous
@@ -48,7 +50,8 @@ PagedAttentionDims check_paged_prefill_attention(
     const at::Tensor& value_cache, const at::Tensor& block_tables,
     const at::Tensor& context_lens, const at::Tensor& query_start_loc);
 
-// key, value:             [num_tokens, num_kv_heads, head_size], last dim contiguous
+// key, value:             [num_tokens, num_kv_heads, head_size], last dim contiguous,
+//                         of key_cache's dtype (any float dtype for an fp8 cache)
 // key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_size]
 // slot_mapping:           int64 [num_tokens], contiguous
 void check_reshape_and_cache(const at::Tensor& key, const at::Tensor& value,
@@ -81,6 +84,9 @@ void check_slot_mapping(const char* op, const at::Tensor& slot_mapping, int64_t 
 // Every (src, dst) id is in [0, num_blocks); a dst is never another pair's
 // src or dst.
 void check_block_mapping(const char* op, const at::Tensor& block_mapping, int64_t num_blocks);
+// The fp8 KV-cache scales are finite and > 0 (checked for every cache dtype,
+// though only fp8 caches use them).
+void check_kv_scales(const char* op, double k_scale, double v_scale);
 
 }  // namespace mini_paged_attn
 

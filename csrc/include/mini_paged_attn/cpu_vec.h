@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "mini_paged_attn/fp8.h"
+
 #define MPA_INLINE inline __attribute__((always_inline))
 
 namespace mini_paged_attn::cpu {
@@ -20,6 +22,7 @@ namespace mini_paged_attn::cpu {
 template <int W>
 struct Vec {
   typedef float f32 __attribute__((vector_size(W * sizeof(float))));
+  typedef uint8_t u8 __attribute__((vector_size(W * sizeof(uint8_t))));
   typedef uint16_t u16 __attribute__((vector_size(W * sizeof(uint16_t))));
   typedef uint32_t u32 __attribute__((vector_size(W * sizeof(uint32_t))));
   typedef _Float16 f16 __attribute__((vector_size(W * sizeof(_Float16))));
@@ -50,6 +53,26 @@ MPA_INLINE typename Vec<W>::f32 vload(const c10::Half* p) {
   typename Vec<W>::f16 h;
   std::memcpy(&h, p, sizeof(h));
   return __builtin_convertvector(h, typename Vec<W>::f32);
+}
+
+// fp8 codes are widened to 32 bits and decoded in registers (fp8.h); the
+// cache's scale is applied outside the inner loops.
+template <int W, typename Fp8>
+MPA_INLINE typename Vec<W>::f32 vload_fp8(const Fp8* p) {
+  typename Vec<W>::u8 b;
+  std::memcpy(&b, p, sizeof(b));
+  return fp8_to_float<Fp8, typename Vec<W>::u32, typename Vec<W>::f32>(
+      __builtin_convertvector(b, typename Vec<W>::u32));
+}
+
+template <int W>
+MPA_INLINE typename Vec<W>::f32 vload(const c10::Float8_e4m3fn* p) {
+  return vload_fp8<W>(p);
+}
+
+template <int W>
+MPA_INLINE typename Vec<W>::f32 vload(const c10::Float8_e5m2* p) {
+  return vload_fp8<W>(p);
 }
 
 template <int W>
