@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
-.PHONY: all build test demo bench bench-blocks bench-engine bench-copy clean
+.PHONY: all build cmake-build test demo bench bench-blocks bench-engine bench-copy clean
 
 all: test
 
@@ -29,9 +29,23 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 
 build: $(VENV)/.built
 
+# The second build path (CMakeLists.txt): the same module, into
+# build/cmake/mini_paged_attn/. CMAKE_ARGS adds options, e.g.
+# CMAKE_ARGS=-DMINI_PAGED_ATTN_WITH_CUDA=OFF.
+CMAKE_BUILD_DIR := build/cmake
+# ninja from the PATH, else the ninja wheel in .venv; make's generator without either.
+NINJA = $(shell command -v ninja 2>/dev/null || { test -x $(VENV)/bin/ninja && echo $(abspath $(VENV)/bin/ninja); })
+cmake-build: $(VENV)/.deps
+	cmake -S . -B $(CMAKE_BUILD_DIR) $(if $(NINJA),-G Ninja -DCMAKE_MAKE_PROGRAM=$(NINJA)) \
+		-DPython_EXECUTABLE=$(abspath $(PY)) $(CMAKE_ARGS)
+	cmake --build $(CMAKE_BUILD_DIR) -j $(JOBS)
+
+# check_cmake_build.sh keeps its CMake build in build/cmake-check, so a second
+# `make test` recompiles only what changed.
 test: build
 	bash scripts/check_cuda_compile.sh
 	bash scripts/check_aarch64_compile.sh
+	JOBS=$(JOBS) CMAKE_CHECK_BUILD_DIR=build/cmake-check bash scripts/check_cmake_build.sh
 	$(PY) -m pytest tests
 
 demo: build
