@@ -23,6 +23,8 @@ from .engine.request import Request
 from .models.config import ModelConfig
 from .models.loader import load_model
 from .outputs import RequestOutput
+from .parallel.group import kv_heads_per_rank
+from .parallel.workers import start as start_tensor_parallel
 from .sampling_params import SamplingParams
 from .tokenizer import load_tokenizer
 
@@ -57,6 +59,11 @@ class LLM:
         tokenizer: a tokenizer directory (by default the checkpoint's, when it
             has tokenizer files); text prompts, output text and stop strings use it.
         skip_tokenizer_init: load no tokenizer: token ids in and out only.
+        tensor_parallel_size: ranks the model is split across (Megatron-style:
+            heads, MLP features and vocabulary). N > 1 starts N - 1 worker
+            processes (spawned: a script needs ``if __name__ == "__main__"``),
+            one per GPU from ``device`` on (NCCL), or on the CPU (gloo); call
+            :meth:`close` (or leave a ``with`` block) to stop them.
 
     ``generate``, ``stream`` and ``beam_search`` are serialised by a lock (a
     second thread waits for the first) and are exception-safe: if anything
@@ -70,7 +77,13 @@ class LLM:
                  dtype: Optional[torch.dtype] = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, max_model_len: Optional[int] = None,
                  seed: int = 0, enforce_eager: bool = False, tokenizer: Optional[str] = None,
-                 skip_tokenizer_init: bool = False, kv_cache_dtype: str = "auto"):
+                 skip_tokenizer_init: bool = False, kv_cache_dtype: str = "auto",
+                 tensor_parallel_size: int = 1):
+        # Tensor-parallel workers build their LLM from these same arguments
+        # (every one, so an argument added later reaches them too).
+        worker_args = {k: v for k, v in locals().items()
+                       if k not in ("self", "device", "tokenizer", "skip_tokenizer_init")}
+        self._workers = None
         max_num_seqs = positive("max_num_seqs", max_num_seqs)
         max_num_batched_tokens = positive("max_num_batched_tokens", max_num_batched_tokens)
         if max_model_len is not None:
@@ -81,38 +94,48 @@ class LLM:
         dtype = _dtype(dtype)
         device = _device(device)
         self.tokenizer = None if skip_tokenizer_init else _tokenizer(model, tokenizer)
-        self.model = load_model(ModelConfig.tiny() if model is None else model, device, dtype,
-                                seed)
-        config = self.model.config
-        max_model_len = min(max_model_len or config.max_position_embeddings,
-                            config.max_position_embeddings)
-        if config.sliding_window is not None and max_model_len > config.sliding_window:
-            # Within the window full attention is exact; past it the kernels
-            # would attend to positions the model must not see.
-            warnings.warn(f"max_model_len is capped at the model's sliding_window "
-                          f"({config.sliding_window}): sliding-window attention is not "
-                          f"implemented", stacklevel=2)
-            max_model_len = config.sliding_window
-        cache_config = cache_config or PagedKVCacheConfig(DEFAULT_KV_MEMORY_BYTES)
-        dims = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
-                resolve_kv_cache_dtype(kv_cache_dtype, next(self.model.parameters()).dtype,
-                                       device), device)
-        if not isinstance(cache_config, (PagedKVCacheConfig, StaticKVCacheConfig)):
-            raise TypeError(f"cache_config must be a PagedKVCacheConfig or StaticKVCacheConfig, "
-                            f"got {type(cache_config).__name__}")
-        if device.type == "cuda":
-            check_kv_budget(self.model, _kv_bytes(cache_config, dims, max_model_len),
-                            max_num_batched_tokens, max_num_seqs, max_model_len,
-                            graphs=not enforce_eager)
-        kv_cache: KVCache
-        if isinstance(cache_config, PagedKVCacheConfig):
-            kv_cache = PagedKVCache(cache_config, *dims, max_num_seqs, max_model_len)
-        else:
-            kv_cache = SlottedKVCache(cache_config, *dims, max_model_len)
-            max_num_seqs = min(max_num_seqs, cache_config.max_batch_size())
-        self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
-                                min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager,
-                                self.tokenizer)
+        tp, self._workers = start_tensor_parallel(tensor_parallel_size, model, device,
+                                                  worker_args)
+        try:
+            self.model = load_model(ModelConfig.tiny() if model is None else model, device, dtype,
+                                    seed, tp)
+            config = self.model.config
+            max_model_len = min(max_model_len or config.max_position_embeddings,
+                                config.max_position_embeddings)
+            if config.sliding_window is not None and max_model_len > config.sliding_window:
+                # Within the window full attention is exact; past it the kernels
+                # would attend to positions the model must not see.
+                warnings.warn(f"max_model_len is capped at the model's sliding_window "
+                              f"({config.sliding_window}): sliding-window attention is not "
+                              f"implemented", stacklevel=2)
+                max_model_len = config.sliding_window
+            cache_config = cache_config or PagedKVCacheConfig(DEFAULT_KV_MEMORY_BYTES)
+            # This rank's KV heads: the cache holds those only.
+            kv_heads = kv_heads_per_rank(config.num_key_value_heads, tp.size)
+            dims = (config.num_hidden_layers, kv_heads, config.head_dim,
+                    resolve_kv_cache_dtype(kv_cache_dtype, next(self.model.parameters()).dtype,
+                                           device), device)
+            if not isinstance(cache_config, (PagedKVCacheConfig, StaticKVCacheConfig)):
+                raise TypeError(f"cache_config must be a PagedKVCacheConfig or "
+                                f"StaticKVCacheConfig, got {type(cache_config).__name__}")
+            if device.type == "cuda":
+                check_kv_budget(self.model, _kv_bytes(cache_config, dims, max_model_len),
+                                max_num_batched_tokens, max_num_seqs, max_model_len,
+                                graphs=not enforce_eager)
+            kv_cache: KVCache
+            if isinstance(cache_config, PagedKVCacheConfig):
+                kv_cache = PagedKVCache(cache_config, *dims, max_num_seqs, max_model_len)
+            else:
+                kv_cache = SlottedKVCache(cache_config, *dims, max_model_len)
+                max_num_seqs = min(max_num_seqs, cache_config.max_batch_size())
+            self.engine = LLMEngine(self.model, kv_cache, max_num_seqs, max_num_batched_tokens,
+                                    min(max_model_len, kv_cache.max_seq_len), seed, enforce_eager,
+                                    self.tokenizer, self._workers)
+            if self._workers is not None:
+                self._workers.wait_ready()
+        except BaseException:
+            self.close()
+            raise
         # generate, stream and beam_search hold it: a second thread waits for
         # the first. Re-entrant, so a call made while iterating a stream on the
         # same thread runs the engine (the stream's requests included) instead
@@ -209,6 +232,21 @@ class LLM:
                 self.engine.abort(request)
             raise
         return requests
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers (nothing to do at tp=1); a
+        tensor-parallel LLM cannot run after it. Also on ``del`` and at exit."""
+        if getattr(self, "_workers", None) is not None:
+            self._workers.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
 
     def get_tokenizer(self):
         """The tokenizer that text prompts and outputs go through (None: ids only)."""

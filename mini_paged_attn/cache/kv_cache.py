@@ -32,6 +32,9 @@ class KVCache(ABC):
     block_size: int
     num_blocks: int
     max_seq_len: int
+    # A tensor-parallel driver logs its block copies here for the workers to
+    # repeat on their caches (``parallel.cache_sync``); None: not logged.
+    copy_log: Optional[List[torch.Tensor]] = None
 
     def _mirror_block_table(self) -> None:
         device = self.key_caches[0].device
@@ -53,6 +56,18 @@ class KVCache(ABC):
         staged = self.block_table.index_select(0, rows).pin_memory()
         self.device_block_table.index_copy_(0, rows.pin_memory().to(device, non_blocking=True),
                                             staged.to(device, non_blocking=True))
+
+    def copy_blocks(self, block_mapping: torch.Tensor) -> None:
+        """Copies blocks ``block_mapping[:, 0]`` to ``block_mapping[:, 1]`` (int64
+        host pairs) in every layer."""
+        if block_mapping.numel():
+            if self.copy_log is not None:
+                self.copy_log.append(block_mapping)
+            self._copy(block_mapping)
+
+    @abstractmethod
+    def _copy(self, block_mapping: torch.Tensor) -> None:
+        """The device copy of :meth:`copy_blocks` (at least one pair)."""
 
     def bind(self, layers: List[PagedAttention]) -> None:
         """Hands each attention layer its cache views."""

@@ -39,9 +39,8 @@ class PagedKVCache(KVCache):
         self._mirror_block_table()
 
     def _copy(self, block_mapping: torch.Tensor) -> None:
-        if block_mapping.numel():
-            copy_blocks(self.key_caches, self.value_caches,
-                        to_device(block_mapping, torch.int64, self.kv.device), check=False)
+        copy_blocks(self.key_caches, self.value_caches,
+                    to_device(block_mapping, torch.int64, self.kv.device), check=False)
 
     def can_add(self, seq) -> bool:
         return self.tables.can_allocate(num_tokens=seq.num_tokens)
@@ -68,7 +67,7 @@ class PagedKVCache(KVCache):
 
     def append(self, seq) -> None:
         _, block_mapping = self.tables.append_slots(seq.seq_id, 1, seq.token_ids[-1:])
-        self._copy(block_mapping)
+        self.copy_blocks(block_mapping)
         seq.num_slots += 1
         self._touch(self.row_of(seq))
 
@@ -77,7 +76,7 @@ class PagedKVCache(KVCache):
         # sequences already hold as written (the last step computed them).
         slots, changed_rows, block_mapping = self.tables.decode_step(
             [s.seq_id for s in seqs], token_ids)
-        self._copy(block_mapping)
+        self.copy_blocks(block_mapping)
         for s in seqs:
             s.num_slots += 1
         for row in changed_rows.tolist():

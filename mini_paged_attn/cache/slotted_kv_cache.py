@@ -56,9 +56,13 @@ class SlottedKVCache(KVCache):
         bps = self.slots.blocks_per_slot
         src, dst = self.row_of(parent) * bps, self.row_of(child) * bps
         used = -(-parent.num_slots // self.block_size)
-        pairs = torch.tensor([[src + i, dst + i] for i in range(used)], dtype=torch.int64)
+        self.copy_blocks(torch.tensor([[src + i, dst + i] for i in range(used)],
+                                      dtype=torch.int64).view(-1, 2))
+
+    def _copy(self, block_mapping: torch.Tensor) -> None:
+        # Block i of the slot buffer is block i of every layer's view.
         copy_blocks([self.slots.key_cache], [self.slots.value_cache],
-                    to_device(pairs.view(-1, 2), torch.int64, self.slots.device))
+                    to_device(block_mapping, torch.int64, self.slots.device))
 
     def free(self, seq) -> None:
         self.slots.free_sequence(seq.seq_id)

@@ -44,7 +44,8 @@ class DecodeInputs:
         self._turn = 0
 
     def fill(self, num_rows: int, bucket: int, input_ids: List[int], positions: List[int],
-             slot_mapping: torch.Tensor, rows: List[int]) -> None:
+             slot_mapping: torch.Tensor, rows: List[int]) -> torch.Tensor:
+        """Fills and sends the next host buffer; returns it."""
         host = self.hosts[self._turn]
         self._turn ^= 1
         h = host.numpy()
@@ -57,6 +58,15 @@ class DecodeInputs:
             h[i, num_rows:bucket] = value
         # The whole buffer: one contiguous copy (a strided one would be staged
         # through pageable memory, which synchronises).
+        self.device.copy_(host, non_blocking=True)
+        return host
+
+    def load(self, filled: torch.Tensor) -> None:
+        """A tensor-parallel worker's fill: the first columns of the driver's
+        filled buffer (those of its bucket); later columns are never read."""
+        host = self.hosts[self._turn]
+        self._turn ^= 1
+        host[:, :filled.size(1)] = filled
         self.device.copy_(host, non_blocking=True)
 
     def field(self, name: str, bucket: int) -> torch.Tensor:

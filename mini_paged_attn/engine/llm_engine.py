@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, FrozenSet, List, Optional
+from typing import TYPE_CHECKING, Any, FrozenSet, List, Optional
 
 import torch
 
@@ -20,6 +20,9 @@ from .sampler import Sampler, sample_seed
 from .scheduler import Scheduler
 from .sequence import Sequence
 
+if TYPE_CHECKING:
+    from ..parallel.workers import WorkerGroup
+
 
 @dataclass
 class CacheStats:
@@ -34,19 +37,25 @@ class CacheStats:
 class LLMEngine:
     """Owns a model, its KV cache, a :class:`Scheduler`, a :class:`ModelRunner`
     and a :class:`Sampler`. ``add_request`` queues a prompt; each ``step`` runs
-    one batch and returns the requests it finished."""
+    one batch and returns the requests it finished. Under tensor parallelism
+    this is the driver's engine and ``workers`` run the other ranks' model."""
 
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len: int, seed: int = 0,
-                 enforce_eager: bool = False, tokenizer: Optional[Any] = None):
+                 enforce_eager: bool = False, tokenizer: Optional[Any] = None,
+                 workers: Optional["WorkerGroup"] = None):
         self.model = model
         self.tokenizer = tokenizer  # for output text and stop strings; None: ids only
         self.device = next(model.parameters()).device
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
         self.scheduler = Scheduler(kv_cache, max_num_seqs, max_num_batched_tokens)
-        self.runner = ModelRunner(model, kv_cache, self.device, max_num_seqs, enforce_eager)
-        self.overlap = OverlappedDecoder(self) if self.runner.graphs is not None else None
+        self.runner = ModelRunner(model, kv_cache, self.device, max_num_seqs, enforce_eager,
+                                  workers)
+        # Overlapped steps feed tokens on the driver's GPU to the next step,
+        # which a worker cannot read: off under tensor parallelism.
+        self.overlap = OverlappedDecoder(self) if self.runner.graphs is not None and \
+            model.tp.size == 1 else None
         self.sampler = Sampler()
         # Unseeded requests get their seeds from this stream, so a whole run is reproducible.
         self.seeds = random.Random(seed)

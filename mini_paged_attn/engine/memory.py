@@ -26,9 +26,10 @@ def _peak_of_step(model: LlamaForCausalLM, query_lens: List[int], num_logit_rows
     dtype = next(model.parameters()).dtype
     longest = max(query_lens)
     width = -(-longest // _PROFILE_BLOCK)
-    cache = torch.empty(2, width, _PROFILE_BLOCK, config.num_key_value_heads, config.head_dim,
-                        dtype=dtype, device=device)
     layers = model.attention_layers()
+    # This rank's KV heads (all of them at tp=1).
+    cache = torch.empty(2, width, _PROFILE_BLOCK, layers[0].num_kv_heads, config.head_dim,
+                        dtype=dtype, device=device)
     bound = [(layer.key_cache, layer.value_cache) for layer in layers]
     for layer in layers:
         layer.bind_kv_cache(cache[0], cache[1])

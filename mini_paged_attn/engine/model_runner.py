@@ -6,11 +6,16 @@ On a GPU a step with decode tokens only runs at a bucket batch size from the
 static inputs of :class:`DecodeInputs`, replaying a captured CUDA graph unless
 ``enforce_eager``; other steps (with prompt tokens) run eagerly from inputs
 sent through pinned memory. Neither synchronises with the GPU.
+
+Under tensor parallelism the driver's runner (``workers`` given) sends each
+step's inputs to the workers (``parallel.worker``), whose runners compute the
+same step with :meth:`run_eager` / :meth:`run_decode`; the graphs then end at
+the hidden states and the logits are gathered eagerly, on the driver only.
 """
 from __future__ import annotations
 
 import bisect
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -23,13 +28,39 @@ from .prompt_logprobs import PromptLogits, prompt_positions
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 
+if TYPE_CHECKING:
+    from ..parallel.workers import WorkerGroup
+
+
+class EagerInputs(NamedTuple):
+    """An eager step's host inputs: the tokens (prefills first), the rows of
+    the block table their sequences use and the hidden-state rows to turn
+    into logits."""
+    input_ids: List[int]
+    positions: List[int]
+    slot_mapping: torch.Tensor
+    rows: List[int]
+    width: int  # block-table columns the longest sequence needs
+    context_lens: List[int]
+    query_start_loc: List[int]
+    num_prefills: int
+    logit_rows: List[int]
+
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device,
-                 max_num_seqs: int, enforce_eager: bool = False):
+                 max_num_seqs: int, enforce_eager: bool = False,
+                 workers: Optional["WorkerGroup"] = None):
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
+        self.workers = workers
+        self.sync = None
+        if workers is not None:
+            from ..parallel.cache_sync import CacheSync
+            self.sync = CacheSync(kv_cache)
+        # Under tensor parallelism the logits' gather stays out of the graphs.
+        self.graphs_end_at_logits = model.tp.size == 1
         kv_cache.bind(model.attention_layers())
         self.buckets: List[int] = []
         self.graphs = None
@@ -50,6 +81,13 @@ class ModelRunner:
         next-token logits (the model's dtype), one row each; and the logits of
         the prompt positions that give prompt logprobs (None when no request
         of the step asks)."""
+        if self.workers is None:
+            return self._execute(batch)
+        with self.workers.step():  # a failure shuts the workers down
+            return self._execute(batch)
+
+    def _execute(self, batch: ScheduledBatch
+                 ) -> Tuple[List[Sequence], torch.Tensor, Optional[PromptLogits]]:
         if self.buckets and len(batch) <= self.buckets[-1] and all(
                 n == 1 and seq.num_uncomputed_tokens == 1 for seq, n in batch):
             # A decode token is never a prompt position with a prompt logprob.
@@ -67,7 +105,7 @@ class ModelRunner:
             query_start_loc=self._no_prefill, num_prefills=0, num_prefill_tokens=0,
             num_decode_tokens=bucket)
         hidden = self.model(field("input_ids"), field("positions"), metadata)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden) if self.graphs_end_at_logits else hidden
 
     def _decode(self, batch: ScheduledBatch) -> Tuple[List[Sequence], torch.Tensor]:
         seqs = [seq for seq, _ in batch]
@@ -90,12 +128,19 @@ class ModelRunner:
         n = len(seqs)
         bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
         self.kv_cache.sync_block_table()
-        self.inputs.fill(n, bucket, token_ids or [0] * n, positions, slots,
-                         [self.kv_cache.row_of(s) for s in seqs])
+        host = self.inputs.fill(n, bucket, token_ids or [0] * n, positions, slots,
+                                [self.kv_cache.row_of(s) for s in seqs])
         if token_source is not None:
             self.inputs.field("input_ids", n).copy_(token_source)
-        logits = self.graphs.replay(bucket) if self.graphs else self._decode_forward(bucket)
-        return logits[:n]
+        if self.workers is not None:
+            assert token_source is None, "overlapped decoding is off under tensor parallelism"
+            self.workers.send(("decode", self.sync.take(), bucket, host[:, :bucket].numpy()))
+        return self.run_decode(bucket)[:n]
+
+    def run_decode(self, bucket: int) -> Optional[torch.Tensor]:
+        """The logits of the decode step in the static inputs (None on a worker)."""
+        out = self.graphs.replay(bucket) if self.graphs else self._decode_forward(bucket)
+        return out if self.graphs_end_at_logits else self.model.compute_logits(out)
 
     # -- any other step: eager, sized to the batch ---------------------------------------
     def _eager(self, batch: ScheduledBatch
@@ -131,19 +176,28 @@ class ModelRunner:
                 due.append(seq)
                 last_rows.append(len(input_ids) - 1)
 
-        width = -(-max(context_lens) // self.kv_cache.block_size)
-        table = self.kv_cache.device_block_table
-        metadata = AttentionMetadata(
-            slot_mapping=to_device(torch.cat(slots), torch.int64, self.device),
-            block_tables=table[to_device(rows, torch.int64, self.device), :width],
-            context_lens=to_device(context_lens, torch.int32, self.device),
-            query_start_loc=to_device(query_start_loc, torch.int32, self.device),
-            num_prefills=num_prefills, num_prefill_tokens=query_start_loc[-1],
-            num_decode_tokens=len(order) - num_prefills)
-        hidden = self.model(to_device(input_ids, torch.int64, self.device),
-                            to_device(positions, torch.int64, self.device), metadata)
         # One lm_head over the sampled rows and then the prompt-logprob rows.
-        logits = self.model.compute_logits(
-            hidden[to_device(last_rows + prompt_rows, torch.int64, self.device)])
+        inputs = EagerInputs(input_ids, positions, torch.cat(slots), rows,
+                             -(-max(context_lens) // self.kv_cache.block_size), context_lens,
+                             query_start_loc, num_prefills, last_rows + prompt_rows)
+        if self.workers is not None:
+            self.workers.send(("eager", self.sync.take(),
+                               inputs._replace(slot_mapping=inputs.slot_mapping.numpy())))
+        logits = self.run_eager(inputs)
         prompt = PromptLogits(prompt_owners, logits[len(last_rows):]) if prompt_owners else None
         return due, logits[:len(last_rows)], prompt
+
+    def run_eager(self, inputs: EagerInputs) -> Optional[torch.Tensor]:
+        """The logits of ``inputs.logit_rows`` (None on a worker)."""
+        device, table = self.device, self.kv_cache.device_block_table
+        metadata = AttentionMetadata(
+            slot_mapping=to_device(inputs.slot_mapping, torch.int64, device),
+            block_tables=table[to_device(inputs.rows, torch.int64, device), :inputs.width],
+            context_lens=to_device(inputs.context_lens, torch.int32, device),
+            query_start_loc=to_device(inputs.query_start_loc, torch.int32, device),
+            num_prefills=inputs.num_prefills, num_prefill_tokens=inputs.query_start_loc[-1],
+            num_decode_tokens=len(inputs.rows) - inputs.num_prefills)
+        hidden = self.model(to_device(inputs.input_ids, torch.int64, device),
+                            to_device(inputs.positions, torch.int64, device), metadata)
+        return self.model.compute_logits(
+            hidden[to_device(inputs.logit_rows, torch.int64, device)])

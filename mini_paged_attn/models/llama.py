@@ -6,6 +6,10 @@ where each belongs is described by the step's :class:`AttentionMetadata`.
 Parameter names follow Hugging Face's ``LlamaForCausalLM`` except that q/k/v
 and gate/up are fused into one matmul each (``qkv_proj``, ``gate_up_proj``);
 the loader maps checkpoint names onto them.
+
+Under tensor parallelism (a ``TPGroup`` of several ranks) each rank builds the
+same model with its share of the heads, MLP features and vocabulary
+(``layers.linear``, ``layers.embedding``); at tp=1 the layers are plain.
 """
 from __future__ import annotations
 
@@ -16,18 +20,13 @@ from torch import nn
 
 from ..attention import PagedAttention
 from ..layers.attention_metadata import AttentionMetadata
+from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.fused import head_rms_norm, rms_norm, silu_and_mul
+from ..layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ..layers.rotary import RotaryEmbedding
+from ..layers.weights import full_shape, weight_loader
+from ..parallel.group import TPGroup, kv_heads_per_rank
 from .config import ModelConfig
-
-
-class MergedLinear(nn.Linear):
-    """Several projections of one input in one matmul; ``output_sizes`` are the
-    row counts of the stacked weights, in order."""
-
-    def __init__(self, in_features: int, output_sizes: List[int], bias: bool):
-        super().__init__(in_features, sum(output_sizes), bias=bias)
-        self.output_sizes = output_sizes
 
 
 class RMSNorm(nn.Module):
@@ -56,15 +55,18 @@ class HeadRMSNorm(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """This rank's query heads and the KV heads they use."""
+
+    def __init__(self, config: ModelConfig, tp: TPGroup):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.num_heads = config.num_attention_heads // tp.size
+        self.num_kv_heads = kv_heads_per_rank(config.num_key_value_heads, tp.size)
         self.head_dim = config.head_dim
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size],
-                                     bias=config.attention_bias or config.qkv_bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
+                                          config.num_attention_heads, config.num_key_value_heads,
+                                          config.attention_bias or config.qkv_bias, tp)
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
+                                        config.hidden_size, config.attention_bias, tp)
         if config.qk_norm:
             self.q_norm = HeadRMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = HeadRMSNorm(self.head_dim, config.rms_norm_eps)
@@ -85,23 +87,24 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tp: TPGroup):
         super().__init__()
         size = config.intermediate_size
-        self.gate_up_proj = MergedLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
-        self.down_proj = nn.Linear(size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = ColumnParallelLinear(config.hidden_size, [size, size],
+                                                 config.mlp_bias, tp)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, config.mlp_bias, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tp: TPGroup):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = LlamaAttention(config, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        self.mlp = LlamaMLP(config, tp)
 
     def forward(self, rotary: RotaryEmbedding, positions: torch.Tensor, x: torch.Tensor,
                 residual: Optional[torch.Tensor], metadata: AttentionMetadata
@@ -115,10 +118,10 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tp: TPGroup):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, tp)
                                     for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # One table for all layers, looked up once per step.
@@ -136,13 +139,15 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """``forward`` returns final hidden states; :meth:`compute_logits` turns the
     rows that are sampled into vocabulary logits (most rows of a prefill never
-    need them)."""
+    need them). With tensor parallelism the logits reach rank 0 only (None
+    on the other ranks)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tp: TPGroup = TPGroup()):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tp = tp
+        self.model = LlamaModel(config, tp)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -150,7 +155,7 @@ class LlamaForCausalLM(nn.Module):
                 metadata: AttentionMetadata) -> torch.Tensor:
         return self.model(input_ids, positions, metadata)
 
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
         return self.lm_head(hidden_states)
 
     def attention_layers(self) -> List[PagedAttention]:
@@ -158,7 +163,8 @@ class LlamaForCausalLM(nn.Module):
         return [layer.self_attn.attn for layer in self.model.layers]
 
     def init_random_weights(self, seed: int = 0, std: float = 0.02) -> None:
-        """Normal(0, std) matrices and unit norms, reproducibly from ``seed``."""
+        """Normal(0, std) matrices and unit norms, reproducibly from ``seed``;
+        a rank of a tensor-parallel model takes its part of the same matrices."""
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in self.named_parameters():
@@ -167,4 +173,4 @@ class LlamaForCausalLM(nn.Module):
                 elif name.endswith("bias"):
                     p.zero_()
                 else:
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
+                    weight_loader(p)(p, torch.randn(full_shape(p), generator=g) * std)

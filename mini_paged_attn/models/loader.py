@@ -1,5 +1,8 @@
 """Builds a model from a local Hugging Face checkpoint directory: ``config.json``
-and ``*.safetensors`` weights. Nothing is downloaded; transformers is not used."""
+and ``*.safetensors`` weights. Nothing is downloaded; transformers is not used.
+
+Every tensor goes through its parameter's ``weight_loader`` (``layers.weights``),
+which copies the part a tensor-parallel rank holds (all of it at tp=1)."""
 from __future__ import annotations
 
 import glob
@@ -10,10 +13,12 @@ from typing import Dict, Optional, Set, Tuple, Union
 
 import torch
 
+from ..layers.weights import weight_loader
+from ..parallel.group import TPGroup
 from .config import ModelConfig
-from .llama import LlamaForCausalLM, MergedLinear
+from .llama import LlamaForCausalLM
 
-# Checkpoint projection -> (fused module, index of its rows in output_sizes).
+# Checkpoint projection -> (fused module, its shard: the index of its rows in output_sizes).
 _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
           "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 _FUSED_NAME = re.compile(r"^(.*)\.(" + "|".join(_FUSED) + r")\.(weight|bias)$")
@@ -40,20 +45,15 @@ def _load_kv_scale(model: LlamaForCausalLM, name: str, tensor: torch.Tensor, pat
     return True
 
 
-def _target(model: LlamaForCausalLM, name: str) -> Tuple[str, Optional[slice]]:
-    """Parameter name in ``model`` and the rows a checkpoint tensor fills."""
+def _target(name: str) -> Tuple[str, Optional[int]]:
+    """Parameter name in the model and the shard of it a checkpoint tensor is
+    (None: the whole parameter)."""
     m = _FUSED_NAME.match(name)
     if m is None:
         return name, None
     prefix, proj, kind = m.groups()
-    fused, index = _FUSED[proj]
-    try:
-        module = model.get_submodule(f"{prefix}.{fused}")
-    except AttributeError:
-        return name, None  # not the model's: reported as unexpected
-    assert isinstance(module, MergedLinear)
-    start = sum(module.output_sizes[:index])
-    return f"{prefix}.{fused}.{kind}", slice(start, start + module.output_sizes[index])
+    fused, shard = _FUSED[proj]
+    return f"{prefix}.{fused}.{kind}", shard
 
 
 def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
@@ -82,19 +82,19 @@ def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
                     continue  # recomputed, or shared with embed_tokens
                 if _load_kv_scale(model, name, tensor, path):
                     continue
-                target, rows = _target(model, name)
+                target, shard = _target(name)
                 if target not in params:
                     unexpected.add(name)
                     continue
-                dst = params[target] if rows is None else params[target][rows]
-                if dst.shape != tensor.shape:
-                    raise ValueError(f"{name} in {path} has shape {tuple(tensor.shape)}, the model "
-                                     f"expects {tuple(dst.shape)}")
+                param = params[target]
+                try:
+                    n = weight_loader(param)(param, tensor, shard)
+                except ValueError as e:  # the shape: the loader checks it before copying
+                    raise ValueError(f"{name} in {path} {e}") from None
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     warnings.warn(f"{name} in {path} holds non-finite values (NaN or inf)",
                                   RuntimeWarning, stacklevel=2)
-                dst.copy_(tensor)
-                filled[target] = filled.get(target, 0) + dst.numel()
+                filled[target] = filled.get(target, 0) + n
     missing = sorted(n for n, p in params.items() if filled.get(n, 0) != p.numel()
                      and not (tied and n == "lm_head.weight"))
     if missing or unexpected:
@@ -103,11 +103,13 @@ def load_weights(model: LlamaForCausalLM, model_dir: str) -> None:
 
 
 def load_model(model: Union[str, ModelConfig], device: Union[str, torch.device] = "cpu",
-               dtype: Optional[torch.dtype] = None, seed: int = 0) -> LlamaForCausalLM:
-    """A checkpoint directory's model, or a random-initialised one for a config."""
+               dtype: Optional[torch.dtype] = None, seed: int = 0,
+               tp: TPGroup = TPGroup()) -> LlamaForCausalLM:
+    """A checkpoint directory's model, or a random-initialised one for a config
+    (rank ``tp.rank``'s part of it)."""
     config = ModelConfig.from_pretrained(model) if isinstance(model, str) else model
     # Built in float32 on the host, then cast and moved once.
-    llm = LlamaForCausalLM(config)
+    llm = LlamaForCausalLM(config, tp)
     if isinstance(model, str):
         load_weights(llm, model)
     else:

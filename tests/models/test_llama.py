@@ -10,25 +10,14 @@ from mini_paged_attn.models import ModelConfig, load_model
 from mini_paged_attn.layers.rotary import inv_frequencies
 
 transformers = pytest.importorskip("transformers")
+from hf_checkpoint import save_random_checkpoint  # noqa: E402  (after the skip)
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
 
 def _save(tmp_path, family="Llama", **overrides):
-    torch.manual_seed(0)
-    kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512)
-    config = getattr(transformers, f"{family}Config")(**{**kwargs, **overrides})
-    model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
-    with torch.no_grad():  # biases are zero and norms one at init: make them count
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_()
-            elif name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    model.save_pretrained(tmp_path)
-    return model
+    return save_random_checkpoint(tmp_path, family, **overrides)
 
 
 def _logits(model, prompts, block_size=8):
