@@ -55,6 +55,10 @@ MODEL_SIZES = {
     "0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                  num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  head_dim=64, tie_word_embeddings=True),
+    # Llama-3-8B's shape (for tensor parallelism: --tensor-parallel-size 2).
+    "8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+               num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=128, rope_theta=500000.0),
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # (prompt token ids, temperature, max_tokens) per request.
@@ -80,6 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=4096)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="GPUs (or CPU processes) the engine's model is split across")
     p.add_argument("--decode-steps", type=int, default=30,
                    help="decode steps to time at full batch on a GPU (0: skip)")
     p.add_argument("--threads", type=int, default=None,
@@ -134,7 +140,8 @@ def make_llm(args, path: str, dtype: torch.dtype):
     gb = args.kv_memory_gb or (0.25 if args.device == "cpu" else 16.0)
     return LLM(path, PagedKVCacheConfig(int(gb * 2**30)), device=args.device, dtype=dtype,
                max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-               enforce_eager=args.enforce_eager)
+               enforce_eager=args.enforce_eager,
+               tensor_parallel_size=args.tensor_parallel_size)
 
 
 def run_engine(args, llm, workload: Workload) -> float:

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-seqs", type=int, default=256)
     s.add_argument("--max-num-batched-tokens", type=int, default=2048)
     s.add_argument("--max-model-len", type=int, default=None)
+    s.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="split the model across N GPUs (or N CPU processes)")
     return p
 
 
@@ -49,7 +51,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         PagedKVCacheConfig(int(args.kv_cache_memory_gb * 2**30))
     llm = LLM(args.model, cache, device=args.device, dtype=args.dtype,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              max_model_len=args.max_model_len, kv_cache_dtype=args.kv_cache_dtype)
+              max_model_len=args.max_model_len, kv_cache_dtype=args.kv_cache_dtype,
+              tensor_parallel_size=args.tensor_parallel_size)
     kv = llm.engine.kv_cache
     logging.info("KV cache: %d blocks of %d tokens (%d tokens), max_model_len %d",
                  kv.num_blocks, kv.block_size, kv.num_blocks * kv.block_size,
@@ -61,3 +64,4 @@ def main(argv: Optional[List[str]] = None) -> None:
                     log_level="info")
     finally:
         server.shutdown()
+        llm.close()

@@ -81,7 +81,7 @@ class WorkerGroup:
                 self.conns.append(parent)
                 self.procs.append(proc)
             self._wait_for("started")
-            join(0, size, port, device)
+            join(0, size, port, rank_device(device, 0))
             self._joined = True
         except BaseException:
             self.close(graceful=False)

@@ -2,12 +2,13 @@
 exactly the greedy tokens of one, in float32, for every model family (the KV
 heads of a GQA model fewer than the ranks, tied embeddings, Qwen2's biases,
 Qwen3's q/k norms), through chunked prefill and copy-on-write forks; a worker
-that fails is an error in the driver, and close() leaves no process behind."""
+that fails is an error in the driver, and close() (or KeyboardInterrupt
+during a step) leaves no process behind. Each test's LLMs run one after the
+other in this process, so the process group is left and joined again too."""
 import multiprocessing as mp
 import os
 
 import pytest
-import torch
 
 from mini_paged_attn import LLM, PagedKVCacheConfig, SamplingParams, StaticKVCacheConfig
 from mini_paged_attn.parallel.workers import WorkerError
@@ -111,10 +112,19 @@ def test_close_leaves_no_process(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    # The process group is free again for the next tensor-parallel LLM.
-    with LLM(cache_config=PagedKVCacheConfig(1 << 20), device="cpu",
-             tensor_parallel_size=2) as again:
-        assert len(again._workers.procs) == 1
+
+
+def test_keyboard_interrupt_mid_step_stops_the_workers(monkeypatch):
+    """The worker is left inside the step's collectives: the group shuts down."""
+    llm = LLM(cache_config=PagedKVCacheConfig(1 << 20), device="cpu", tensor_parallel_size=2)
+
+    def interrupted(inputs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llm.engine.runner, "run_eager", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(PROMPTS, GREEDY)
+    assert _workers_gone(llm)
 
 
 @pytest.mark.parametrize("size,match", [(0, "int >= 1"), ("2", "int >= 1"), (True, "int >= 1"),
