@@ -229,7 +229,7 @@ bool tc_aligned(const at::Tensor& t, int64_t dims) {
 // MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel (to compare them, or to test
 // the fallbacks): tensor-core (or unset) sends eligible calls to the mma.sync
 // kernel, wgmma to the wgmma kernel where it exists (sm_90a, head sizes 64 and
-// 128; opt-in until it has been validated on a GPU, docs/design.md), and
+// 128; opt-in until it is faster, docs/design.md), and
 // cuda-core sends every call to the CUDA-core kernel.
 enum class PrefillKernel { kTensorCore, kWgmma, kCudaCore };
 

@@ -163,6 +163,8 @@ def _fake_cuda_case():
     return mode, q, k, tables, ctx, loc, slots, key
 
 
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="fake CUDA tensors are for machines without one; see the next test")
 def test_fp8_on_cuda_is_a_clear_error():
     # The shared checks reject fp8 caches on CUDA before any launcher runs;
     # fake CUDA tensors go through those same checks, so this runs without a GPU.
