@@ -71,15 +71,7 @@ __device__ __forceinline__ void load_kv_tile(T* k_s, T* v_s, const PrefillTcPara
   int64_t off = 0;
   {
     const int r = lane % 16, pos = k0 + first_row + r;
-    if (r < RW && pos < kv_end) {
-      const int idx = p.block_shift >= 0 ? pos >> p.block_shift : pos / p.block_size;
-      const int slot = pos - idx * p.block_size;
-      const int64_t block = table[idx];
-      off = lane < 16 ? block * kv.k_block_stride + slot * kv.k_token_stride +
-                            kv_head * kv.k_head_stride
-                      : block * kv.v_block_stride + slot * kv.v_token_stride +
-                            kv_head * kv.v_head_stride;
-    }
+    if (r < RW && pos < kv_end) off = kv_row_offset(p, table, kv_head, pos);
   }
   const T* kc = static_cast<const T*>(kv.key_cache);
   const T* vc = static_cast<const T*>(kv.value_cache);

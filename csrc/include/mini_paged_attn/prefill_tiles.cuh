@@ -72,6 +72,20 @@ __device__ __forceinline__ int64_t shfl_i64(int64_t v, int lane) {
   return (static_cast<int64_t>(hi) << 32) | static_cast<uint32_t>(lo);
 }
 
+// Where position pos of the CTA's KV head lies in the key cache (lanes 0-15)
+// or the value cache (lanes 16-31): the K/V loaders have one lane per row look
+// the page up and shuffle the offset to the copying lanes.
+__device__ __forceinline__ int64_t kv_row_offset(const PrefillTcParams& p, const int32_t* table,
+                                                 int kv_head, int pos) {
+  const PagedKV& kv = p.kv;
+  const int idx = p.block_shift >= 0 ? pos >> p.block_shift : pos / p.block_size;
+  const int slot = pos - idx * p.block_size;
+  const int64_t block = table[idx];
+  return threadIdx.x % 32 < 16
+             ? block * kv.k_block_stride + slot * kv.k_token_stride + kv_head * kv.k_head_stride
+             : block * kv.v_block_stride + slot * kv.v_token_stride + kv_head * kv.v_head_stride;
+}
+
 // Row `rr` of this thread within the CTA's rows, for a warp owning MT m-tiles.
 template <int MT>
 __device__ __forceinline__ int fragment_row(int rr) {

@@ -81,15 +81,7 @@ __device__ __forceinline__ void load_kv(unsigned char* k_dst, int k_first, unsig
   {
     const int first = lane < 16 ? k_first : v_first;
     const int r = lane % 16, pos = first + first_row + r;
-    if (first >= 0 && r < RW && pos < kv_end) {
-      const int idx = p.block_shift >= 0 ? pos >> p.block_shift : pos / p.block_size;
-      const int slot = pos - idx * p.block_size;
-      const int64_t block = table[idx];
-      off = lane < 16 ? block * kv.k_block_stride + slot * kv.k_token_stride +
-                            kv_head * kv.k_head_stride
-                      : block * kv.v_block_stride + slot * kv.v_token_stride +
-                            kv_head * kv.v_head_stride;
-    }
+    if (first >= 0 && r < RW && pos < kv_end) off = kv_row_offset(p, table, kv_head, pos);
   }
   const T* kc = static_cast<const T*>(kv.key_cache);
   const T* vc = static_cast<const T*>(kv.value_cache);
