@@ -11,6 +11,7 @@ head sizes 64 and 128, the mma.sync kernel elsewhere).
 
     python benchmarks/bench_prefill.py --device cpu --threads 2
     python benchmarks/bench_prefill.py --device cuda --json prefill.json
+    python benchmarks/bench_prefill.py --device cuda --shape 1   # 4x4096 only
 """
 from __future__ import annotations
 
@@ -150,12 +151,20 @@ def main(argv=None) -> None:
     p.add_argument("--cpu-isa", default=None,
                    help="CPU kernel variant: baseline, x86-64-v3 or x86-64-v4 (default: the best)")
     p.add_argument("--json", default=None)
+    p.add_argument("--shape", type=int, action="append", default=None,
+                   help="run only this shape (its index in the table; repeatable)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cpu_isa:
         _C.set_cpu_isa(args.cpu_isa)
-    rows = [run_shape(shape, args.device) for shape in shapes_for(args.device)]
+    shapes = shapes_for(args.device)
+    if args.shape:
+        bad = [i for i in args.shape if not 0 <= i < len(shapes)]
+        if bad:
+            p.error(f"--shape {bad[0]}: there are {len(shapes)} shapes (0-{len(shapes) - 1})")
+        shapes = [shapes[i] for i in args.shape]
+    rows = [run_shape(shape, args.device) for shape in shapes]
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
         platform.processor() or platform.machine()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -226,6 +226,13 @@ bool tc_aligned(const at::Tensor& t, int64_t dims) {
   return true;
 }
 
+// The tensor-core kernels find a K row and its V row at one offset, and
+// multiply 32-bit block and token strides (the offsets themselves are 64-bit).
+bool tc_cache_layout(const at::Tensor& key_cache, const at::Tensor& value_cache) {
+  return key_cache.strides() == value_cache.strides() && key_cache.stride(0) <= INT32_MAX &&
+         key_cache.stride(1) <= INT32_MAX;
+}
+
 // MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel (to compare them, or to test
 // the fallbacks): tensor-core (or unset) sends eligible calls to the mma.sync
 // kernel, wgmma to the wgmma kernel where it exists (sm_90a, head sizes 64 and
@@ -253,7 +260,8 @@ bool use_tensor_cores(PrefillKernel kernel, const at::Tensor& out, const at::Ten
   return kernel != PrefillKernel::kCudaCore && (t == at::kHalf || t == at::kBFloat16) &&
          query.scalar_type() == t && scale > 0 && std::isfinite(scale) &&
          prefill_tc_head_size(head_size) && tc_aligned(query, 2) && tc_aligned(out, 2) &&
-         tc_aligned(key_cache, 3) && tc_aligned(value_cache, 3);
+         tc_aligned(key_cache, 3) && tc_aligned(value_cache, 3) &&
+         tc_cache_layout(key_cache, value_cache);
 }
 
 void launch_tensor_cores(PrefillKernel kernel, const PagedAttentionDims& d, const at::Tensor& out,

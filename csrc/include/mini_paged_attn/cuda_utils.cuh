@@ -201,6 +201,15 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
+// The same for shared memory only, e.g. cp.async writes before wgmma reads
+// them. The unqualified fence above also orders global memory, which costs a
+// GPU-wide memory barrier (MEMBAR.ALL.GPU) each time.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_src, uint32_t bytes,
                                               uint64_t* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -53,37 +53,21 @@ __device__ __forceinline__ void load_q_tile(T* q_s, const PrefillTcParams& p, co
   }
 }
 
-// Keys and values [k0, k0 + kBlockN) of the CTA's KV head, through the block
-// table; each warp copies its own kBlockN / kWarps rows. One lane per row
-// looks the row up (lanes 0-15 for K, 16-31 for V) and the copying lanes take
-// the offsets by shuffle, so the table and the divisions cost one pass per
-// tile, not one per 16-byte chunk. Positions at or past kv_end are zeros:
-// those slots may be unwritten (NaN).
+// Keys and values [k0, k0 + kBlockN) of the CTA's KV head into a stage; each
+// warp copies kBlockN / kWarps rows, at the offsets its lanes hold.
 template <typename T, int D>
 __device__ __forceinline__ void load_kv_tile(T* k_s, T* v_s, const PrefillTcParams& p,
-                                             const int32_t* table, int kv_head, int k0,
-                                             int kv_end) {
+                                             int64_t offset, int k0, int kv_end) {
   using Tr = Traits<D>;
   constexpr int RW = Tr::kBlockN / Tr::kWarps;
-  static_assert(RW <= 16 && (RW * Tr::kChunks) % 32 == 0);
-  const PagedKV& kv = p.kv;
-  const int lane = threadIdx.x % 32, first_row = (threadIdx.x / 32) * RW;
-  int64_t off = 0;
-  {
-    const int r = lane % 16, pos = k0 + first_row + r;
-    if (r < RW && pos < kv_end) off = kv_row_offset(p, table, kv_head, pos);
-  }
-  const T* kc = static_cast<const T*>(kv.key_cache);
-  const T* vc = static_cast<const T*>(kv.value_cache);
-#pragma unroll
-  for (int it = 0; it < RW * Tr::kChunks / 32; ++it) {
-    const int item = it * 32 + lane, row = item / Tr::kChunks, chunk = item % Tr::kChunks;
-    const int64_t k_off = shfl_i64(off, row), v_off = shfl_i64(off, 16 + row);
-    const bool valid = k0 + first_row + row < kv_end;
-    const int dst = (first_row + row) * Tr::kStride + chunk * 8;
-    cp_async_16(k_s + dst, valid ? kc + k_off + chunk * 8 : kc, valid);
-    cp_async_16(v_s + dst, valid ? vc + v_off + chunk * 8 : vc, valid);
-  }
+  const auto dst_offset = [](int row, int chunk) {
+    return static_cast<int>(sizeof(T)) * (row * Tr::kStride + chunk * 8);
+  };
+  copy_rows<RW, Tr::kChunks>(reinterpret_cast<unsigned char*>(k_s),
+                             static_cast<const T*>(p.kv.key_cache), offset, k0, kv_end, dst_offset);
+  copy_rows<RW, Tr::kChunks>(reinterpret_cast<unsigned char*>(v_s),
+                             static_cast<const T*>(p.kv.value_cache), offset, k0, kv_end,
+                             dst_offset);
 }
 
 // Per-thread fragments: scores / probabilities of this warp's rows against a
@@ -186,7 +170,9 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
   TileCoords c;
   if (!find_tile(p, blockIdx.x, c)) return;  // the grid is an upper bound on the tiles
   const int32_t* table = p.kv.block_tables + c.seq * p.kv.block_table_stride;
+  const KVRows kv = kv_rows(p, c.kv_head);
   constexpr int MT = Tr::kMTiles;
+  constexpr int RW = BN / Tr::kWarps;
   int row_pos[2 * MT];  // positions of this thread's rows
 #pragma unroll
   for (int rr = 0; rr < 2 * MT; ++rr) {
@@ -196,10 +182,15 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
   const int num_kv_tiles = (c.kv_end + BN - 1) / BN;
   const int first_masked = (c.first_pos + 1) / BN;  // tiles from here reach past row 0
   load_q_tile<T, D>(q_s, p, c);
-  load_kv_tile<T, D>(k_s + ((num_kv_tiles - 1) & 1) * kTile,
-                     v_s + ((num_kv_tiles - 1) & 1) * kTile, p, table, c.kv_head,
-                     (num_kv_tiles - 1) * BN, c.kv_end);
+  {
+    const int first = (num_kv_tiles - 1) * BN;
+    const int64_t off =
+        row_offset<RW>(p, kv, lookup_page<RW>(p, table, first, c.kv_end), first, c.kv_end);
+    load_kv_tile<T, D>(k_s + ((num_kv_tiles - 1) & 1) * kTile,
+                       v_s + ((num_kv_tiles - 1) & 1) * kTile, p, off, first, c.kv_end);
+  }
   cp_async_commit();
+  int page = lookup_page<RW>(p, table, (num_kv_tiles - 2) * BN, c.kv_end);  // of tile j - 1
 
   QFrags<D> q_frag;
   Accum<D> o = {};
@@ -211,8 +202,10 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
   }
   for (int j = num_kv_tiles - 1; j >= 0; --j) {
     if (j > 0) {
-      load_kv_tile<T, D>(k_s + ((j - 1) & 1) * kTile, v_s + ((j - 1) & 1) * kTile, p, table,
-                         c.kv_head, (j - 1) * BN, c.kv_end);
+      const int64_t off = row_offset<RW>(p, kv, page, (j - 1) * BN, c.kv_end);
+      page = lookup_page<RW>(p, table, (j - 2) * BN, c.kv_end);
+      load_kv_tile<T, D>(k_s + ((j - 1) & 1) * kTile, v_s + ((j - 1) & 1) * kTile, p, off,
+                         (j - 1) * BN, c.kv_end);
     }
     cp_async_commit();  // possibly empty: keeps the group count uniform
     cp_async_wait<1>();  // tile j (and Q)

@@ -72,18 +72,65 @@ __device__ __forceinline__ int64_t shfl_i64(int64_t v, int lane) {
   return (static_cast<int64_t>(hi) << 32) | static_cast<uint32_t>(lo);
 }
 
-// Where position pos of the CTA's KV head lies in the key cache (lanes 0-15)
-// or the value cache (lanes 16-31): the K/V loaders have one lane per row look
-// the page up and shuffle the offset to the copying lanes.
-__device__ __forceinline__ int64_t kv_row_offset(const PrefillTcParams& p, const int32_t* table,
-                                                 int kv_head, int pos) {
-  const PagedKV& kv = p.kv;
-  const int idx = p.block_shift >= 0 ? pos >> p.block_shift : pos / p.block_size;
-  const int slot = pos - idx * p.block_size;
-  const int64_t block = table[idx];
-  return threadIdx.x % 32 < 16
-             ? block * kv.k_block_stride + slot * kv.k_token_stride + kv_head * kv.k_head_stride
-             : block * kv.v_block_stride + slot * kv.v_token_stride + kv_head * kv.v_head_stride;
+// K/V tiles are gathered through the block table in two steps. Each warp
+// copies its own RW rows of a tile; lane l < RW looks up the page of row l a
+// tile ahead (lookup_page: a table load whose latency the next tile's work
+// hides), turns it into the row's offset (row_offset), and the copying lanes
+// take the offsets by shuffle (copy_rows). The key and value caches share one
+// layout (checked at launch), so a row's offset serves both.
+struct KVRows {
+  int32_t block_stride, token_stride;  // fit 32 bits (checked at launch)
+  int64_t head_offset;
+};
+
+__device__ __forceinline__ KVRows kv_rows(const PrefillTcParams& p, int kv_head) {
+  return {static_cast<int32_t>(p.kv.k_block_stride), static_cast<int32_t>(p.kv.k_token_stride),
+          kv_head * p.kv.k_head_stride};
+}
+
+__device__ __forceinline__ int page_index(const PrefillTcParams& p, int pos) {
+  return p.block_shift >= 0 ? pos >> p.block_shift : pos / p.block_size;
+}
+
+// Position of the row that this lane looks up, in the tile at `first`; rows at
+// or past kv_end take the last key's (their table entries may be garbage).
+template <int RW>
+__device__ __forceinline__ int lookup_pos(int first, int kv_end) {
+  return min(first + static_cast<int>(threadIdx.x / 32) * RW + static_cast<int>(threadIdx.x % RW),
+             kv_end - 1);
+}
+
+// The page of this lane's row in the tile at `first` (0 for first < 0: no tile).
+template <int RW>
+__device__ __forceinline__ int lookup_page(const PrefillTcParams& p, const int32_t* table,
+                                           int first, int kv_end) {
+  return first >= 0 ? table[page_index(p, lookup_pos<RW>(first, kv_end))] : 0;
+}
+
+template <int RW>
+__device__ __forceinline__ int64_t row_offset(const PrefillTcParams& p, const KVRows& kv,
+                                              int page, int first, int kv_end) {
+  const int pos = lookup_pos<RW>(first, kv_end);
+  return kv.head_offset + static_cast<int64_t>(page) * kv.block_stride +
+         (pos - page_index(p, pos) * p.block_size) * kv.token_stride;
+}
+
+// Copies this warp's RW rows of the tile at `first` from `cache` into a shared
+// tile: 16-byte item it * 32 + lane is chunk item % Chunks of row item / Chunks.
+// Rows at or past kv_end are zeros: those slots may be unwritten (NaN).
+// dst_offset(row, chunk) is a chunk's byte offset in the tile.
+template <int RW, int Chunks, typename T, typename DstOffset>
+__device__ __forceinline__ void copy_rows(unsigned char* dst, const T* cache, int64_t offset,
+                                          int first, int kv_end, DstOffset dst_offset) {
+  static_assert(RW <= 32 && (RW * Chunks) % 32 == 0);
+  const int lane = threadIdx.x % 32, row0 = (threadIdx.x / 32) * RW;
+#pragma unroll
+  for (int it = 0; it < RW * Chunks / 32; ++it) {
+    const int item = it * 32 + lane, r = item / Chunks, chunk = item % Chunks;
+    const int64_t off = shfl_i64(offset, r);
+    cp_async_16(dst + dst_offset(row0 + r, chunk), cache + off + chunk * 8,
+                first + row0 + r < kv_end);
+  }
 }
 
 // Row `rr` of this thread within the CTA's rows, for a warp owning MT m-tiles.

@@ -32,6 +32,7 @@ struct Traits {
   static constexpr int kBlockM = 64 * kWarpGroups;  // rows: (token, head) pairs
   static constexpr int kBlockN = 128;               // keys a tile
   static constexpr int kChunks = D / 8;             // 16-byte chunks a row
+  static constexpr int kRowsPerWarp = kBlockN / (kThreads / 32);  // of a K or V tile
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kTileBytes = kBlockN * D * 2;  // one stage of K or of V
   // Q, two stages of K and two of V, and room to align the base to 1024 bytes.
@@ -63,42 +64,14 @@ __device__ __forceinline__ void load_q_tile(unsigned char* q_s, const PrefillTcP
   }
 }
 
-// Keys [k_first, k_first + kBlockN) into k_dst and values [v_first, ...) into
-// v_dst through the block table; a negative first skips that half. Each warp
-// copies its own kBlockN / 8 rows of each: lanes 0-15 look up the K rows and
-// lanes 16-31 the V rows, and the copying lanes take the offsets by shuffle.
-// Positions at or past kv_end are zeros: those slots may be unwritten (NaN).
+// This warp's rows of the tile at `first` of one cache into a swizzled stage.
 template <typename T, int D>
-__device__ __forceinline__ void load_kv(unsigned char* k_dst, int k_first, unsigned char* v_dst,
-                                        int v_first, const PrefillTcParams& p,
-                                        const int32_t* table, int kv_head, int kv_end) {
+__device__ __forceinline__ void load_kv(unsigned char* dst, const void* cache, int64_t offset,
+                                        int first, int kv_end) {
   using Tr = Traits<D>;
-  constexpr int RW = Tr::kBlockN / (Tr::kThreads / 32);
-  static_assert(RW <= 16 && (RW * Tr::kChunks) % 32 == 0);
-  const PagedKV& kv = p.kv;
-  const int lane = threadIdx.x % 32, first_row = (threadIdx.x / 32) * RW;
-  int64_t off = 0;
-  {
-    const int first = lane < 16 ? k_first : v_first;
-    const int r = lane % 16, pos = first + first_row + r;
-    if (first >= 0 && r < RW && pos < kv_end) off = kv_row_offset(p, table, kv_head, pos);
-  }
-  const T* kc = static_cast<const T*>(kv.key_cache);
-  const T* vc = static_cast<const T*>(kv.value_cache);
-#pragma unroll
-  for (int it = 0; it < RW * Tr::kChunks / 32; ++it) {
-    const int item = it * 32 + lane, row = item / Tr::kChunks, chunk = item % Tr::kChunks;
-    const int64_t k_off = shfl_i64(off, row), v_off = shfl_i64(off, 16 + row);
-    const uint32_t dst = wgmma::swizzled_offset(Tr::kBlockN, first_row + row, chunk);
-    if (k_first >= 0) {
-      const bool valid = k_first + first_row + row < kv_end;
-      cp_async_16(k_dst + dst, valid ? kc + k_off + chunk * 8 : kc, valid);
-    }
-    if (v_first >= 0) {
-      const bool valid = v_first + first_row + row < kv_end;
-      cp_async_16(v_dst + dst, valid ? vc + v_off + chunk * 8 : vc, valid);
-    }
-  }
+  copy_rows<Tr::kRowsPerWarp, Tr::kChunks>(
+      dst, static_cast<const T*>(cache), offset, first, kv_end,
+      [](int row, int chunk) { return wgmma::swizzled_offset(Tr::kBlockN, row, chunk); });
 }
 
 // Issues S = Q K^T (unscaled) for this warpgroup's 64 rows against one key
@@ -159,15 +132,28 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, 1)
   const int n = (c.kv_end + BN - 1) / BN;
   const int first_masked = (c.first_pos + 1) / BN;  // tiles from here reach past row 0
 
-  // Group 1: Q and K_{n-1}. Group 2: K_{n-2} and V_{n-1}.
+  constexpr int RW = Tr::kRowsPerWarp;
+  const KVRows kv = kv_rows(p, c.kv_head);
+  const void* kc = p.kv.key_cache;
+  const void* vc = p.kv.value_cache;
+  // Group 1: Q and K_{n-1}. Group 2: V_{n-1} and K_{n-2}. Then off_v is the
+  // row offset of the tile whose V is copied next, page the next K tile's.
   load_q_tile<T, D>(q_s, p, c);
-  load_kv<T, D>(k_stage(n - 1), (n - 1) * BN, v_s, -1, p, table, c.kv_head, c.kv_end);
+  int64_t off_v =
+      row_offset<RW>(p, kv, lookup_page<RW>(p, table, (n - 1) * BN, c.kv_end), (n - 1) * BN,
+                     c.kv_end);
+  load_kv<T, D>(k_stage(n - 1), kc, off_v, (n - 1) * BN, c.kv_end);
   cp_async_commit();
-  load_kv<T, D>(k_stage(n - 2), n > 1 ? (n - 2) * BN : -1, v_stage(n - 1), (n - 1) * BN, p, table,
-                c.kv_head, c.kv_end);
+  load_kv<T, D>(v_stage(n - 1), vc, off_v, (n - 1) * BN, c.kv_end);
+  if (n > 1) {
+    off_v = row_offset<RW>(p, kv, lookup_page<RW>(p, table, (n - 2) * BN, c.kv_end), (n - 2) * BN,
+                           c.kv_end);
+    load_kv<T, D>(k_stage(n - 2), kc, off_v, (n - 2) * BN, c.kv_end);
+  }
   cp_async_commit();
+  int page = lookup_page<RW>(p, table, (n - 3) * BN, c.kv_end);
   cp_async_wait<1>();
-  fence_proxy_async();  // the copies' writes, before the wgmmas (another proxy) read them
+  fence_proxy_async_shared();  // the copies' writes, before the wgmmas (another proxy) read them
   __syncthreads();
 
   Scores<D> s;
@@ -186,7 +172,7 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, 1)
 
   for (int j = n - 2; j >= 0; --j) {
     cp_async_wait<0>();
-    fence_proxy_async();
+    fence_proxy_async_shared();
     __syncthreads();  // K_j and V_{j+1} are in; no warp still reads K_{j+1} or V_{j+2}
     wgmma::fence_operand(o[0]);
     wgmma::fence();
@@ -194,8 +180,12 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, 1)
     wgmma::commit_group();
     issue_pv<T, D>(o, pr, smem_addr(v_stage(j + 1)));
     wgmma::commit_group();
-    load_kv<T, D>(k_stage(j - 1), j > 0 ? (j - 1) * BN : -1, v_stage(j), j * BN, p, table,
-                  c.kv_head, c.kv_end);
+    load_kv<T, D>(v_stage(j), vc, off_v, j * BN, c.kv_end);
+    if (j > 0) {
+      off_v = row_offset<RW>(p, kv, page, (j - 1) * BN, c.kv_end);
+      page = lookup_page<RW>(p, table, (j - 2) * BN, c.kv_end);
+      load_kv<T, D>(k_stage(j - 1), kc, off_v, (j - 1) * BN, c.kv_end);
+    }
     cp_async_commit();
     wgmma::wait_group<1>();  // S_j
     wgmma::fence_operand(s[0]);
@@ -207,7 +197,7 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, 1)
     to_probs<T, D>(pr, s);
   }
   cp_async_wait<0>();
-  fence_proxy_async();
+  fence_proxy_async_shared();
   __syncthreads();  // V_0
   wgmma::fence_operand(o[0]);
   wgmma::fence();
