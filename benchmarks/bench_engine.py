@@ -289,7 +289,7 @@ def main(argv=None) -> Dict:
         "workload": args.workload, "enforce_eager": args.enforce_eager,
         "num_requests": len(workload), "output_tokens": tokens,
         "prompt_tokens": prompt_tokens, "hf_batch_size": args.hf_batch_size,
-        "cuda_prefill_kernel": os.environ.get("MINI_PAGED_ATTN_CUDA_PREFILL", "tensor-core"),
+        "cuda_prefill_kernel": os.environ.get("MINI_PAGED_ATTN_CUDA_PREFILL", "auto"),
         "systems": {name: {"seconds": s, "requests_per_s": len(workload) / s,
                            "output_tokens_per_s": tokens / s,
                            "prompt_tokens_per_s": prompt_tokens / s}

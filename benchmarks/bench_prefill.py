@@ -5,9 +5,10 @@ K/V, in one run. SDPA gets the same work: for a chunk after a prefix, its
 queries attend to the prefix and causally to each other (an explicit mask).
 SDPA runs twice: with the backend torch picks (on an H100/H200, cuDNN's) and
 with its flash backend forced (FlashAttention-2; it takes no explicit mask,
-so it has no number for a chunk after a prefix). On CUDA the paged op is also
-timed on its wgmma kernel (``MINI_PAGED_ATTN_CUDA_PREFILL=wgmma``; Hopper,
-head sizes 64 and 128, the mma.sync kernel elsewhere).
+so it has no number for a chunk after a prefix). On CUDA the paged op runs
+with its default kernel choice (auto) and on each tensor-core kernel forced:
+mma.sync (``MINI_PAGED_ATTN_CUDA_PREFILL=tensor-core``) and wgmma (``=wgmma``;
+Hopper, head sizes 64 and 128, the mma.sync kernel elsewhere).
 
     python benchmarks/bench_prefill.py --device cpu --threads 2
     python benchmarks/bench_prefill.py --device cuda --json prefill.json
@@ -115,18 +116,22 @@ def run_shape(shape: Shape, device: str) -> dict:
     ref = sdpa().transpose(1, 2).reshape(s * n, shape.heads, -1)
     err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
     t_paged, t_sdpa = time_us(paged, device, False), time_us(sdpa, device, False)
-    t_wgmma = err_wgmma = None
+    # On CUDA, each tensor-core kernel forced (auto, the default, picks one of them).
+    forced = {}
     if device == "cuda":
         before = os.environ.get("MINI_PAGED_ATTN_CUDA_PREFILL")
-        os.environ["MINI_PAGED_ATTN_CUDA_PREFILL"] = "wgmma"
-        try:
-            paged()
-            err_wgmma = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-            t_wgmma = time_us(paged, device, False)
-        finally:
-            os.environ.pop("MINI_PAGED_ATTN_CUDA_PREFILL")
-            if before is not None:
-                os.environ["MINI_PAGED_ATTN_CUDA_PREFILL"] = before
+        for name, kernel in (("mma", "tensor-core"), ("wgmma", "wgmma")):
+            os.environ["MINI_PAGED_ATTN_CUDA_PREFILL"] = kernel
+            try:
+                paged()
+                forced[name] = (time_us(paged, device, False),
+                                ((out.double() - ref.double()).norm() / ref.double().norm()).item())
+            finally:
+                os.environ.pop("MINI_PAGED_ATTN_CUDA_PREFILL")
+                if before is not None:
+                    os.environ["MINI_PAGED_ATTN_CUDA_PREFILL"] = before
+    t_mma, err_mma = forced.get("mma", (None, None))
+    t_wgmma, err_wgmma = forced.get("wgmma", (None, None))
     t_flash = None
     if mask is None:
         try:
@@ -134,13 +139,15 @@ def run_shape(shape: Shape, device: str) -> dict:
             t_flash = time_us(sdpa_flash, device, False)
         except RuntimeError as e:  # no flash kernel for this device or shape
             print(f"{shape}: SDPA flash failed: {str(e).splitlines()[0]}", file=sys.stderr)
-    return {"shape": str(shape), "paged_us": t_paged, "paged_wgmma_us": t_wgmma,
+    return {"shape": str(shape), "paged_us": t_paged, "paged_mma_us": t_mma,
+            "paged_wgmma_us": t_wgmma,
             "sdpa_us": t_sdpa,
             "sdpa_flash_us": t_flash,
             "paged_tflops": shape.flops / t_paged / 1e6, "sdpa_tflops": shape.flops / t_sdpa / 1e6,
             "sdpa_flash_tflops": shape.flops / t_flash / 1e6 if t_flash else None,
             "vs_sdpa": t_sdpa / t_paged, "vs_sdpa_flash": t_flash / t_paged if t_flash else None,
-            "rel_err_vs_sdpa": err, "wgmma_rel_err_vs_sdpa": err_wgmma}
+            "rel_err_vs_sdpa": err, "mma_rel_err_vs_sdpa": err_mma,
+            "wgmma_rel_err_vs_sdpa": err_wgmma}
 
 
 def main(argv=None) -> None:
@@ -170,12 +177,13 @@ def main(argv=None) -> None:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# {date}  {device}  torch {torch.__version__}  {torch.get_num_threads()} threads, "
           f"{_C.cpu_isa()} CPU kernels")
-    print(f"{'shape':<44}{'paged us':>9}{'wgmma us':>9}{'sdpa us':>9}{'flash us':>9}"
+    print(f"{'shape':<44}{'paged us':>9}{'mma us':>9}{'wgmma us':>9}{'sdpa us':>9}{'flash us':>9}"
           f"{'paged TFLOP/s':>14}"
           f"{'sdpa':>8}{'flash':>8}{'vs sdpa':>9}{'vs flash':>9}{'wgmma err':>10}")
     for r in rows:
         flash = r["sdpa_flash_us"] is not None
-        wg = f"{r['paged_wgmma_us']:>9.0f}" if r["paged_wgmma_us"] else f"{'-':>9}"
+        wg = "".join(f"{r[k]:>9.0f}" if r[k] else f"{'-':>9}"
+                     for k in ("paged_mma_us", "paged_wgmma_us"))
         print(f"{r['shape']:<44}{r['paged_us']:>9.0f}{wg}{r['sdpa_us']:>9.0f}"
               + (f"{r['sdpa_flash_us']:>9.0f}" if flash else f"{'-':>9}")
               + f"{r['paged_tflops']:>14.3f}{r['sdpa_tflops']:>8.3f}"

@@ -233,21 +233,25 @@ bool tc_cache_layout(const at::Tensor& key_cache, const at::Tensor& value_cache)
          key_cache.stride(1) <= INT32_MAX;
 }
 
-// MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel (to compare them, or to test
-// the fallbacks): tensor-core (or unset) sends eligible calls to the mma.sync
-// kernel, wgmma to the wgmma kernel where it exists (sm_90a, head sizes 64 and
-// 128; opt-in until it is faster, docs/design.md), and
-// cuda-core sends every call to the CUDA-core kernel.
-enum class PrefillKernel { kTensorCore, kWgmma, kCudaCore };
+// MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel. auto (or unset) sends
+// eligible calls to a tensor-core kernel: the wgmma one where it exists
+// (sm_90a, head sizes 64 and 128) and the block tables hold at least
+// kWgmmaMinKeys positions, else mma.sync. On an H200 wgmma was 23-24% faster
+// with 4096-8704 keys a sequence and 4-9% slower with 512-1024, where its
+// 128-key tiles waste more of the causal diagonal (docs/BENCHMARKS.md).
+// tensor-core and wgmma force one of the two (where eligible), cuda-core sends
+// every call to the CUDA-core kernel.
+enum class PrefillKernel { kAuto, kTensorCore, kWgmma, kCudaCore };
+constexpr int64_t kWgmmaMinKeys = 2048;
 
 PrefillKernel requested_kernel() {
   const char* env = std::getenv("MINI_PAGED_ATTN_CUDA_PREFILL");
-  if (env == nullptr || *env == 0 || std::strcmp(env, "tensor-core") == 0) {
-    return PrefillKernel::kTensorCore;
-  }
+  if (env == nullptr || *env == 0 || std::strcmp(env, "auto") == 0) return PrefillKernel::kAuto;
+  if (std::strcmp(env, "tensor-core") == 0) return PrefillKernel::kTensorCore;
   if (std::strcmp(env, "wgmma") == 0) return PrefillKernel::kWgmma;
   TORCH_CHECK_VALUE(std::strcmp(env, "cuda-core") == 0,
-                    "MINI_PAGED_ATTN_CUDA_PREFILL must be tensor-core, wgmma or cuda-core, got '",
+                    "MINI_PAGED_ATTN_CUDA_PREFILL must be auto, tensor-core, wgmma or cuda-core, "
+                    "got '",
                     env, "'");
   return PrefillKernel::kCudaCore;
 }
@@ -276,7 +280,9 @@ void launch_tensor_cores(PrefillKernel kernel, const PagedAttentionDims& d, cons
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   const int64_t num_tokens = query.size(0);
   const bool wgmma =
-      kernel == PrefillKernel::kWgmma && prefill_wgmma_usable(d.head_size, query.get_device());
+      (kernel == PrefillKernel::kWgmma ||
+       (kernel == PrefillKernel::kAuto && d.max_blocks_per_seq * d.block_size >= kWgmmaMinKeys)) &&
+      prefill_wgmma_usable(d.head_size, query.get_device());
   if (key_cache.scalar_type() == at::kHalf) {
     (wgmma ? launch_prefill_wgmma<__half> : launch_prefill_tc<__half>)(p, d.head_size, num_tokens,
                                                                       d.num_kv_heads, stream);

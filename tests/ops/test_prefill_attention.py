@@ -91,10 +91,11 @@ def test_chunks_equal_whole_prompt(device):
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-# The CUDA prefill kernels MINI_PAGED_ATTN_CUDA_PREFILL selects: mma.sync
+# The CUDA prefill kernels MINI_PAGED_ATTN_CUDA_PREFILL selects: auto (the
+# default: wgmma for long contexts where it exists, else mma.sync), mma.sync
 # tensor cores, wgmma (Hopper, head sizes 64 and 128; elsewhere it falls back
 # to mma.sync), and the float32 CUDA-core fallback.
-KERNELS = ["tensor-core", "wgmma", "cuda-core"]
+KERNELS = ["auto", "tensor-core", "wgmma", "cuda-core"]
 
 
 @CUDA
@@ -120,6 +121,29 @@ def test_cuda_prefill_long_prompts(monkeypatch, kernel, dtype, head_size, heads)
     ref = ref_paged_prefill_attention(q, k, v, tables, ctx, loc)
     assert not out.isnan().any(), "NaN from an unused slot leaked into the output"
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@CUDA
+@pytest.mark.parametrize("head_size", [64, 128])
+def test_cuda_prefill_auto_on_long_contexts(monkeypatch, head_size):
+    # Past 2048 keys a sequence, auto takes the wgmma kernel on Hopper.
+    monkeypatch.setenv("MINI_PAGED_ATTN_CUDA_PREFILL", "auto")
+    q, k, v, tables, ctx, loc = _case(11, "cuda", torch.bfloat16, 16, 4, head_size, 16,
+                                      [2300, 700], [400, 700])
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    assert not out.isnan().any()
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[torch.bfloat16]
+
+
+@CUDA
+def test_cuda_prefill_key_and_value_layouts_differ():
+    # The tensor-core kernels read a K row and its V row at one offset; a value
+    # cache laid out otherwise takes the CUDA-core kernel, with the same result.
+    q, k, v, tables, ctx, loc = _case(12, "cuda", torch.float16, 8, 2, 64, 16, [300, 90], [300, 40])
+    v_other = v.transpose(1, 2).contiguous().transpose(1, 2)  # [blocks, heads, slots, d] in memory
+    assert v_other.stride() != k.stride()
+    out = ops.paged_prefill_attention(q, k, v_other, tables, ctx, loc)
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[torch.float16]
 
 
 @CUDA
@@ -173,7 +197,7 @@ def test_scores_growing_away_from_the_diagonal(monkeypatch, device, kernel, dtyp
 
 
 @CUDA
-@pytest.mark.parametrize("kernel", KERNELS[:2])
+@pytest.mark.parametrize("kernel", KERNELS[:3])
 def test_tensor_core_prefill_in_cuda_graph(monkeypatch, kernel):
     monkeypatch.setenv("MINI_PAGED_ATTN_CUDA_PREFILL", kernel)
     q, k, v, tables, ctx, loc = _case(7, "cuda", torch.float16, 16, 4, 128, 16, [300, 200],
