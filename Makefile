@@ -5,9 +5,9 @@ TORCH_SPEC ?= torch==2.13.0
 JOBS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
-SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
+SOURCES := setup.py pyproject.toml CMakeLists.txt $(shell find csrc -type f)
 
-.PHONY: all build cmake-build test demo bench bench-blocks bench-engine bench-copy clean
+.PHONY: all build test demo bench bench-blocks bench-engine bench-copy clean
 
 all: test
 
@@ -23,29 +23,16 @@ $(VENV)/.deps: requirements-dev.txt
 	touch $@
 
 # --no-build-isolation builds against the torch above instead of downloading one.
+# setup.py runs CMake (CMakeLists.txt) in build/cmake, which the wheel check reuses.
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	MAX_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(VENV)/.built
 
-# The second build path (CMakeLists.txt): the same module, into
-# build/cmake/mini_paged_attn/. CMAKE_ARGS adds options, e.g.
-# CMAKE_ARGS=-DMINI_PAGED_ATTN_WITH_CUDA=OFF.
-CMAKE_BUILD_DIR := build/cmake
-# ninja from the PATH, else the ninja wheel in .venv; make's generator without either.
-NINJA = $(shell command -v ninja 2>/dev/null || { test -x $(VENV)/bin/ninja && echo $(abspath $(VENV)/bin/ninja); })
-cmake-build: $(VENV)/.deps
-	cmake -S . -B $(CMAKE_BUILD_DIR) $(if $(NINJA),-G Ninja -DCMAKE_MAKE_PROGRAM=$(NINJA)) \
-		-DPython_EXECUTABLE=$(abspath $(PY)) $(CMAKE_ARGS)
-	cmake --build $(CMAKE_BUILD_DIR) -j $(JOBS)
-
-# check_cmake_build.sh keeps its CMake build in build/cmake-check, so a second
-# `make test` recompiles only what changed.
 test: build
 	bash scripts/check_cuda_compile.sh
 	bash scripts/check_aarch64_compile.sh
-	JOBS=$(JOBS) CMAKE_CHECK_BUILD_DIR=build/cmake-check bash scripts/check_cmake_build.sh
 	$(PY) -m pytest tests
 
 demo: build
