@@ -4,7 +4,7 @@
 //
 // Work items are (sequence, tile of query tokens, KV head): the query heads
 // of a group and the tokens of a tile share every K/V row they read, so a
-// row is loaded once per item. Each item is one pass over the blocks with an
+// row is loaded once per item. Each item is one pass over the keys with an
 // online softmax, parallel over items.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -23,9 +23,11 @@
 
 namespace mini_paged_attn::cpu {
 
-// Query tokens per item: enough rows to amortise each K/V load, few enough
-// that a sequence's prompt still splits into several items.
+// Query tokens per item: enough rows to amortise gathering each key chunk,
+// few enough that a sequence's prompt still splits into several items.
 constexpr int64_t kTileTokens = 16;
+// Keys per chunk: two vectors of scores (the widest variant's 2 x 16).
+constexpr int64_t kMaxChunk = 32;
 
 // Rows are (token, head of the group), token-major: row r is token r / G of
 // the tile, head kv_head * G + r % G. Strides are in elements.
@@ -34,8 +36,9 @@ struct PrefillTask {
   float* acc;                  // [rows, head_size], unnormalised output
   float* max;                  // [rows], running max of the scores
   float* sum;                  // [rows], running sum of exp(score - max)
-  float* scores;               // [rows, block_size] scratch
-  const void** v_rows;         // [block_size] scratch
+  float* scores;               // [rows, chunk] scratch
+  float* k_t;                  // [head_size, chunk] scratch: a key chunk, transposed
+  float* v_f;                  // [chunk, head_size] scratch: a value chunk
   const int32_t* block_table;  // [max_blocks_per_seq]
   const void* k;               // key_cache data, offset to the KV head
   const void* v;               // value_cache data, offset to the KV head
@@ -46,55 +49,149 @@ struct PrefillTask {
   int64_t first_pos;   // position of the tile's first token in its sequence
 };
 
+// The kernel works on chunks of C = 2W keys gathered through the block table
+// (any block size): K widened to float and transposed, V widened, once per
+// chunk for all the item's rows. Then S = Q K^T and O += P V are register
+// tiles of RT rows x two vectors, a broadcast and two FMAs per step with no
+// horizontal sums: the FMA units, not the loads, set the pace.
+
+// s[j][0, C) = q[j] . k_t[:, c] for the RT rows at q (row stride D).
+template <int W, int RT>
+MPA_INLINE void qk_rows(const float* q, int64_t D, const float* k_t, float* s) {
+  using V = typename Vec<W>::f32;
+  constexpr int C = 2 * W;
+  V a[RT][2] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const V k0 = vload<W>(k_t + d * C), k1 = vload<W>(k_t + d * C + W);
+    for (int j = 0; j < RT; ++j) {
+      const float qj = q[j * D + d];
+      a[j][0] += qj * k0;
+      a[j][1] += qj * k1;
+    }
+  }
+  for (int j = 0; j < RT; ++j) {
+    vstore<W>(s + j * C, a[j][0]);
+    vstore<W>(s + j * C + W, a[j][1]);
+  }
+}
+
+// acc[j] += sum_{i < n} p[j][i] * v_f[i] for the RT rows at p (row stride C)
+// and acc (row stride D).
+template <int W, int RT>
+MPA_INLINE void pv_rows(const float* p, const float* v_f, int64_t D, int64_t n, float* acc) {
+  using V = typename Vec<W>::f32;
+  constexpr int C = 2 * W;
+  int64_t d0 = 0;
+  for (; d0 + 2 * W <= D; d0 += 2 * W) {
+    V a[RT][2];
+    for (int j = 0; j < RT; ++j) {
+      a[j][0] = vload<W>(acc + j * D + d0);
+      a[j][1] = vload<W>(acc + j * D + d0 + W);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const V v0 = vload<W>(v_f + i * D + d0), v1 = vload<W>(v_f + i * D + d0 + W);
+      for (int j = 0; j < RT; ++j) {
+        const float pj = p[j * C + i];
+        a[j][0] += pj * v0;
+        a[j][1] += pj * v1;
+      }
+    }
+    for (int j = 0; j < RT; ++j) {
+      vstore<W>(acc + j * D + d0, a[j][0]);
+      vstore<W>(acc + j * D + d0 + W, a[j][1]);
+    }
+  }
+  for (; d0 < D; ++d0) {  // head sizes that are not a multiple of 2W
+    for (int j = 0; j < RT; ++j) {
+      float a = acc[j * D + d0];
+      for (int64_t i = 0; i < n; ++i) a += p[j * C + i] * v_f[i * D + d0];
+      acc[j * D + d0] = a;
+    }
+  }
+}
+
+// The last rows % RT rows, as RT' = 1 .. RT - 1 row tiles.
+template <int W, int RT>
+MPA_INLINE void qk_tail(int rows, const float* q, int64_t D, const float* k_t, float* s) {
+  if constexpr (RT > 0) {
+    if (rows == RT) return qk_rows<W, RT>(q, D, k_t, s);
+    qk_tail<W, RT - 1>(rows, q, D, k_t, s);
+  }
+}
+
+template <int W, int RT>
+MPA_INLINE void pv_tail(int rows, const float* p, const float* v_f, int64_t D, int64_t n,
+                        float* acc) {
+  if constexpr (RT > 0) {
+    if (rows == RT) return pv_rows<W, RT>(p, v_f, D, n, acc);
+    pv_tail<W, RT - 1>(rows, p, v_f, D, n, acc);
+  }
+}
+
+// Keys [start, start + n) into k_t (transposed; keys n..C are zeros) and v_f.
 template <typename T, int W>
-MPA_INLINE void prefill_impl(const PrefillTask& t) {
-  const int64_t G = t.group, D = t.head_size, B = t.block_size;
-  const int64_t R = t.num_tokens * G;
-  const int64_t end = t.first_pos + t.num_tokens;  // the last token sees [0, end)
-  const T** v_rows = reinterpret_cast<const T**>(t.v_rows);
+MPA_INLINE void gather_chunk(const PrefillTask& t, int64_t start, int64_t n) {
+  constexpr int C = 2 * W;
+  const int64_t D = t.head_size, B = t.block_size;
   const T* kc = static_cast<const T*>(t.k);
   const T* vc = static_cast<const T*>(t.v);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = start + i, block = t.block_table[pos / B], slot = pos % B;
+    const T* k = kc + block * t.k_block_stride + slot * t.k_token_stride;
+    const T* v = vc + block * t.v_block_stride + slot * t.v_token_stride;
+    float* vf = t.v_f + i * D;
+    int64_t d = 0;
+    for (; d + W <= D; d += W) {
+      const typename Vec<W>::f32 x = vload<W>(k + d);
+      for (int l = 0; l < W; ++l) t.k_t[(d + l) * C + i] = x[l];
+      vstore<W>(vf + d, vload<W>(v + d));
+    }
+    for (; d < D; ++d) {
+      t.k_t[d * C + i] = static_cast<float>(k[d]);
+      vf[d] = static_cast<float>(v[d]);
+    }
+  }
+  for (int64_t d = 0; d < D; ++d) std::fill(t.k_t + d * C + n, t.k_t + d * C + C, 0.f);
+}
+
+template <typename T, int W>
+MPA_INLINE void prefill_impl(const PrefillTask& t) {
+  constexpr int C = 2 * W;
+  constexpr int RT = W >= 16 ? 6 : 4;  // 2 x RT accumulators, two K/V vectors, a broadcast
+  const int64_t G = t.group, D = t.head_size;
+  const int64_t R = t.num_tokens * G;
+  const int64_t end = t.first_pos + t.num_tokens;  // the last token sees [0, end)
   std::fill(t.acc, t.acc + R * D, 0.f);
   std::fill(t.max, t.max + R, -std::numeric_limits<float>::infinity());
   std::fill(t.sum, t.sum + R, 0.f);
 
-  for (int64_t b = 0; b * B < end; ++b) {
-    const int64_t start = b * B;
+  for (int64_t start = 0; start < end; start += C) {
     // Slots past `end` are not read: they may be unwritten (NaN).
-    const int64_t n = std::min(B, end - start);
-    const T* kb = kc + t.block_table[b] * t.k_block_stride;
-    const T* vb = vc + t.block_table[b] * t.v_block_stride;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* k = kb + i * t.k_token_stride;
-      int64_t r = 0;
-      for (; r + 4 <= R; r += 4) {
-        const float* q = t.q + r * D;
-        float s[4];
-        dot4<W>(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
-        for (int64_t j = 0; j < 4; ++j) t.scores[(r + j) * B + i] = s[j];
-      }
-      for (; r < R; ++r) t.scores[r * B + i] = dot<W>(t.q + r * D, k, D);
-    }
+    const int64_t n = std::min<int64_t>(C, end - start);
+    gather_chunk<T, W>(t, start, n);
+    int64_t r = 0;
+    for (; r + RT <= R; r += RT) qk_rows<W, RT>(t.q + r * D, D, t.k_t, t.scores + r * C);
+    qk_tail<W, RT - 1>(static_cast<int>(R - r), t.q + r * D, D, t.k_t, t.scores + r * C);
 
-    for (int64_t r = 0; r < R; ++r) {
-      float* p = t.scores + r * B;
+    for (r = 0; r < R; ++r) {
+      float* p = t.scores + r * C;
       // Causal: the row's token (position first_pos + r / G) sees keys up to itself.
       const int64_t visible = std::clamp<int64_t>(t.first_pos + r / G - start + 1, 0, n);
       if (visible > 0) {
-        const float block_max = std::max(t.max[r], *std::max_element(p, p + visible));
-        if (block_max != t.max[r]) {
-          const float alpha = std::exp(t.max[r] - block_max);
+        const float chunk_max = std::max(t.max[r], *std::max_element(p, p + visible));
+        if (chunk_max != t.max[r]) {
+          const float alpha = std::exp(t.max[r] - chunk_max);
           scale(alpha, t.acc + r * D, D);
           t.sum[r] *= alpha;
-          t.max[r] = block_max;
+          t.max[r] = chunk_max;
         }
-        exp_shifted(p, block_max, p, visible);
+        exp_shifted(p, chunk_max, p, visible);
         t.sum[r] += sum(p, visible);
       }
-      std::fill(p + visible, p + n, 0.f);
+      std::fill(p + visible, p + C, 0.f);
     }
-    for (int64_t i = 0; i < n; ++i) v_rows[i] = vb + i * t.v_token_stride;
-    weighted_rows_sum<W>(v_rows, t.scores, B, R, n, t.acc, D);
+    for (r = 0; r + RT <= R; r += RT) pv_rows<W, RT>(t.scores + r * C, t.v_f, D, n, t.acc + r * D);
+    pv_tail<W, RT - 1>(static_cast<int>(R - r), t.scores + r * C, t.v_f, D, n, t.acc + r * D);
   }
 }
 
@@ -168,8 +265,8 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
   const float q_scale = scale * k_scale;
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     const int64_t R = kTileTokens * G;
-    std::vector<float> q(R * D), acc(R * D), max(R), sum(R), scores(R * d.block_size);
-    std::vector<const void*> v_rows(d.block_size);
+    std::vector<float> q(R * D), acc(R * D), max(R), sum(R), scores(R * kMaxChunk),
+        k_t(D * kMaxChunk), v_f(kMaxChunk * D);
     for (int64_t i = begin; i < end; ++i) {
       const Item& it = items[i];
       const int64_t rows = it.num_tokens * G;
@@ -184,7 +281,8 @@ void run_prefill(const PagedAttentionDims& d, const at::Tensor& out, const at::T
       t.max = max.data();
       t.sum = sum.data();
       t.scores = scores.data();
-      t.v_rows = v_rows.data();
+      t.k_t = k_t.data();
+      t.v_f = v_f.data();
       t.block_table = tables + it.seq * block_tables.stride(0);
       t.k = static_cast<const char*>(key_cache.data_ptr()) + it.kv_head * key_cache.stride(2) * elem;
       t.v = static_cast<const char*>(value_cache.data_ptr()) +
