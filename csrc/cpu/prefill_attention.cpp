@@ -157,7 +157,7 @@ MPA_INLINE void gather_chunk(const PrefillTask& t, int64_t start, int64_t n) {
 template <typename T, int W>
 MPA_INLINE void prefill_impl(const PrefillTask& t) {
   constexpr int C = 2 * W;
-  constexpr int RT = W >= 16 ? 6 : 4;  // 2 x RT accumulators, two K/V vectors, a broadcast
+  constexpr int RT = 6;  // 12 accumulators + 2 K/V vectors + a broadcast: 15 AVX2 registers
   const int64_t G = t.group, D = t.head_size;
   const int64_t R = t.num_tokens * G;
   const int64_t end = t.first_pos + t.num_tokens;  // the last token sees [0, end)
