@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP server over one engine (FastAPI + uvicorn, as
 vLLM's): ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (with ``stream: true`` as server-sent events
-ending in ``data: [DONE]``) and ``GET /metrics`` (Prometheus text).
+ending in ``data: [DONE]``; ``logprobs`` as OpenAI's, ``prompt_logprobs`` as
+vLLM's, in streams too) and ``GET /metrics`` (Prometheus text).
 
 Every connection's requests go to one :class:`AsyncLLM`, so clients share
 engine steps. A malformed request is a 400 with an OpenAI-style error; a
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.async_llm import AsyncLLM
 from ..sampling_params import SamplingParams
+from . import logprobs as lp
 from .metrics import Metrics
 
 
@@ -45,8 +47,12 @@ class _Sampling(BaseModel):
     prompt_logprobs: Optional[int] = None
     stream: bool = False
 
+    def sample_logprobs(self) -> Optional[int]:
+        """SamplingParams.logprobs: how many alternatives each token reports."""
+        return None
+
     def params(self) -> SamplingParams:
-        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
+        return SamplingParams(logprobs=self.sample_logprobs(), n=self.n, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k, min_p=self.min_p, max_tokens=self.max_tokens,
                               stop=self.stop, seed=self.seed,
                               presence_penalty=self.presence_penalty,
@@ -58,10 +64,21 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, List[int]]
+    logprobs: Optional[int] = None
+
+    def sample_logprobs(self) -> Optional[int]:
+        return self.logprobs
 
 
 class ChatRequest(_Sampling):
     messages: List[Dict[str, Any]] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = None
+
+    def sample_logprobs(self) -> Optional[int]:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -73,6 +90,7 @@ def build_app(server: AsyncLLM, model_name: str, api_key: Optional[str] = None) 
     app = FastAPI(title="mini_paged_attn")
     metrics = Metrics(server)
     tokenizer = server.llm.get_tokenizer()
+    text_of = lp.TokenText(tokenizer)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
@@ -116,51 +134,49 @@ def build_app(server: AsyncLLM, model_name: str, api_key: Optional[str] = None) 
             return _error(400, str(e))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if body.stream:
-            return StreamingResponse(_sse(stream, rid, chat), media_type="text/event-stream")
+            return StreamingResponse(_sse(stream, rid, body, chat), media_type="text/event-stream")
         start, last = time.monotonic(), None
         async for out in stream:
             if last is None and out.outputs and out.outputs[0].token_ids:
                 metrics.first_token(time.monotonic() - start)
             last = out
         metrics.finished(last, time.monotonic() - start)
-        return _response(last, rid, chat)
+        return _response(last, rid, body, chat)
 
-    def _prompt_logprobs(out) -> Optional[List[Optional[Dict[str, Any]]]]:
-        """vLLM's JSON of ``out.prompt_logprobs``: per token {id: {logprob, decoded_token}}."""
-        if out.prompt_logprobs is None:
+    def _logprobs(c, body: _Sampling, chat: bool, start: int = 0, offset: int = 0):
+        """The choice's logprobs for its tokens from ``start`` on, or None."""
+        if c.logprobs is None or start >= len(c.token_ids):
             return None
+        ids, entries = c.token_ids[start:], c.logprobs[start:len(c.token_ids)]
+        if chat:
+            return lp.chat_logprobs(ids, entries, text_of, body.top_logprobs or 0)
+        return lp.completion_logprobs(ids, entries, text_of, offset)
 
-        def token(t: int, logprob: float) -> Dict[str, Any]:
-            text = tokenizer.decode([t]) if tokenizer is not None else None
-            return {"logprob": logprob, "decoded_token": text}
-
-        return [None if entry is None else {str(t): token(t, v) for t, v in entry.items()}
-                for entry in out.prompt_logprobs]
-
-    def _response(out, rid: str, chat: bool) -> Dict[str, Any]:
+    def _response(out, rid: str, body: _Sampling, chat: bool) -> Dict[str, Any]:
         choices = []
-        prompt_logprobs = _prompt_logprobs(out)
+        prompt_logprobs = lp.prompt_logprobs(out.prompt_logprobs, text_of)
         for c in out.outputs:
+            choice = {"index": c.index, "finish_reason": c.finish_reason,
+                      "logprobs": _logprobs(c, body, chat)}
             if chat:
-                choices.append({"index": c.index, "finish_reason": c.finish_reason,
-                                "message": {"role": "assistant", "content": c.text}})
+                choice["message"] = {"role": "assistant", "content": c.text}
             else:
                 # As vLLM: in every choice of a completion, at the top of a chat answer.
-                choices.append({"index": c.index, "text": c.text,
-                                "finish_reason": c.finish_reason,
-                                "prompt_logprobs": prompt_logprobs})
+                choice.update(text=c.text, prompt_logprobs=prompt_logprobs)
+            choices.append(choice)
         generated = sum(len(c.token_ids) for c in out.outputs)
-        body = {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": model_name, "choices": choices,
-                "usage": {"prompt_tokens": len(out.prompt_token_ids),
-                          "completion_tokens": generated,
-                          "total_tokens": len(out.prompt_token_ids) + generated}}
+        response = {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                    "created": int(time.time()), "model": model_name, "choices": choices,
+                    "usage": {"prompt_tokens": len(out.prompt_token_ids),
+                              "completion_tokens": generated,
+                              "total_tokens": len(out.prompt_token_ids) + generated}}
         if chat:
-            body["prompt_logprobs"] = prompt_logprobs
-        return body
+            response["prompt_logprobs"] = prompt_logprobs
+        return response
 
-    async def _sse(stream, rid: str, chat: bool) -> AsyncIterator[str]:
+    async def _sse(stream, rid: str, body: _Sampling, chat: bool) -> AsyncIterator[str]:
         sent: Dict[int, int] = {}  # choice index -> characters sent
+        sent_tokens: Dict[int, int] = {}  # choice index -> tokens whose logprobs were sent
         start, first = time.monotonic(), True
         last = None
         try:
@@ -169,21 +185,29 @@ def build_app(server: AsyncLLM, model_name: str, api_key: Optional[str] = None) 
                 for c in out.outputs:
                     # A character still being completed by the next token is held back.
                     text = c.text if c.finish_reason is not None else c.text.rstrip("\ufffd")
-                    delta = text[sent.get(c.index, 0):]
-                    sent[c.index] = len(text)
+                    offset = sent.get(c.index, 0)
+                    delta = text[offset:]
                     if not delta and c.finish_reason is None:
                         continue
+                    sent[c.index] = len(text)
                     if first and c.token_ids:
                         metrics.first_token(time.monotonic() - start)
                         first = False
-                    piece = {"index": c.index, "finish_reason": c.finish_reason}
+                    first_chunk = c.index not in sent_tokens
+                    piece = {"index": c.index, "finish_reason": c.finish_reason,
+                             "logprobs": _logprobs(c, body, chat, sent_tokens.get(c.index, 0),
+                                                   offset)}
+                    sent_tokens[c.index] = len(c.token_ids)
+                    chunk = {"id": rid, "created": int(time.time()), "model": model_name,
+                             "object": "chat.completion.chunk" if chat else "text_completion",
+                             "choices": [piece]}
                     if chat:
                         piece["delta"] = {"role": "assistant", "content": delta}
                     else:
                         piece["text"] = delta
-                    chunk = {"id": rid, "created": int(time.time()), "model": model_name,
-                             "object": "chat.completion.chunk" if chat else "text_completion",
-                             "choices": [piece]}
+                    if first_chunk and out.prompt_logprobs is not None:
+                        prompt = lp.prompt_logprobs(out.prompt_logprobs, text_of)
+                        (chunk if chat else piece)["prompt_logprobs"] = prompt
                     yield f"data: {json.dumps(chunk)}\n\n"
             if last is not None:
                 metrics.finished(last, time.monotonic() - start)

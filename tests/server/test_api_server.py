@@ -1,5 +1,5 @@
 """The OpenAI-compatible server, live on localhost, driven by the official
-openai client: completions, chat, streaming, concurrent streaming clients
+openai client: completions, chat, logprobs, streaming, concurrent streaming clients
 (each exactly its own greedy tokens), a disconnect freeing its request,
 400s for bad requests while the server keeps serving, and /metrics."""
 import asyncio
@@ -88,6 +88,55 @@ def test_prompt_logprobs(live):
     assert chat.prompt_logprobs[0] is None and all(len(e) == 1 for e in chat.prompt_logprobs[1:])
 
 
+def test_completion_and_chat_logprobs(live):
+    # The engine's logprobs=2 in OpenAI's shapes, whole and streamed.
+    base, llm, _ = live
+    client = _client(base)
+    tok = llm.get_tokenizer()
+    ref = llm.generate("The quick brown", SamplingParams(temperature=0, max_tokens=5,
+                                                         logprobs=2, ignore_eos=True))[0].outputs[0]
+    got = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=5,
+                                    temperature=0, logprobs=2,
+                                    extra_body={"ignore_eos": True}).choices[0].logprobs
+    assert got.tokens == [tok.decode([t]) for t in ref.token_ids]
+    assert got.token_logprobs == pytest.approx([e[t] for t, e in zip(ref.token_ids, ref.logprobs)])
+    for top, entry in zip(got.top_logprobs, ref.logprobs):
+        assert top == pytest.approx({tok.decode([t]): v for t, v in entry.items()})
+    assert got.text_offset == [sum(len(s) for s in got.tokens[:i]) for i in range(5)]
+
+    stream = client.completions.create(model=MODEL, prompt="The quick brown", max_tokens=5,
+                                       temperature=0, logprobs=2, stream=True,
+                                       extra_body={"ignore_eos": True, "prompt_logprobs": 1})
+    chunks = [c.choices[0] for c in stream]
+    streamed = [t for c in chunks if c.logprobs for t in c.logprobs.tokens]
+    assert streamed == got.tokens
+    assert [o for c in chunks if c.logprobs for o in c.logprobs.text_offset] == got.text_offset
+    first = chunks[0].model_extra["prompt_logprobs"]
+    assert first[0] is None and all(len(e) in (1, 2) for e in first[1:])
+    assert all("prompt_logprobs" not in (c.model_extra or {}) for c in chunks[1:])
+
+    messages = [{"role": "user", "content": "hello"}]
+    ref = llm.chat(messages, SamplingParams(temperature=0, max_tokens=4, logprobs=3,
+                                            ignore_eos=True))[0].outputs[0]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4,
+                                          temperature=0, logprobs=True, top_logprobs=3,
+                                          extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert [c.token for c in content] == [tok.decode([t]) for t in ref.token_ids]
+    for c, t, entry in zip(content, ref.token_ids, ref.logprobs):
+        assert c.logprob == pytest.approx(entry[t]) and c.bytes == list(c.token.encode())
+        best = sorted(entry.values(), reverse=True)[:3]
+        assert [a.logprob for a in c.top_logprobs] == pytest.approx(best)
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4,
+                                            temperature=0, logprobs=True, stream=True,
+                                            extra_body={"ignore_eos": True})
+    streamed = [e for c in stream if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [c.token for c in content]
+    assert all(e.top_logprobs == [] for e in streamed)  # top_logprobs unset: none
+    plain = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
 def test_concurrent_streaming_clients_get_their_own_tokens(live):
     base, llm, _ = live
     prompts = [f"a b c {i}" for i in range(64)]
@@ -127,11 +176,15 @@ def test_a_disconnect_frees_the_request(live):
     {"model": MODEL, "prompt": "x", "temperature": -1},
     {"model": MODEL, "prompt": "x", "max_tokens": 10**6},
     {"model": MODEL, "prompt": "x", "prompt_logprobs": -1},
+    {"model": MODEL, "prompt": "x", "logprobs": -2},
     {"model": MODEL},
-], ids=["unknown-model", "bad-temperature", "too-long", "bad-prompt-logprobs", "no-prompt"])
+    {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+], ids=["unknown-model", "bad-temperature", "too-long", "bad-prompt-logprobs", "bad-logprobs",
+        "no-prompt", "top-logprobs-without-logprobs"])
 def test_bad_requests_are_400_and_the_server_goes_on(live, body):
     base, _, _ = live
-    r = httpx.post(f"{base}/v1/completions", json=body)
+    path = "chat/completions" if "messages" in body else "completions"
+    r = httpx.post(f"{base}/v1/{path}", json=body)
     assert r.status_code == 400 and "error" in r.json()
     r = httpx.post(f"{base}/v1/completions", content=b"{not json",
                    headers={"content-type": "application/json"})
