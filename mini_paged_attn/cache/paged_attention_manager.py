@@ -7,10 +7,10 @@ from typing import Hashable, Optional, Sequence, Tuple, Union
 import torch
 
 from .._C import PagedKVCacheConfig
-from ..block_manager import BlockManager
 from ..checks import positive
-from ..ops import copy_blocks, reshape_and_cache
+from ..ops import reshape_and_cache
 from .block_tables import BlockTables, TokenIds
+from .paged_kv_cache import PagedKVCache
 from .sizing import num_blocks_for
 
 
@@ -47,17 +47,19 @@ class PagedAttentionManager:
             raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.block_manager = BlockManager(positive("num_blocks", num_blocks))
-        self.block_tables = BlockTables(self.block_manager, num_sequences,
-                                        self.max_blocks_per_seq, block_size)
-
-        self.kv_cache = torch.zeros(num_blocks, block_size, 2, self.num_kv_heads, head_size,
-                                    dtype=dtype, device=self.device)
-        self.key_cache = self.kv_cache[:, :, 0]
-        self.value_cache = self.kv_cache[:, :, 1]
+        # The engine's cache with one token-major layer: one implementation of
+        # the storage, the block tables, their device mirror and the copies.
+        self._cache = PagedKVCache.with_blocks(
+            positive("num_blocks", num_blocks), block_size, 1, self.num_kv_heads, head_size, dtype,
+            self.device, num_sequences, self.max_blocks_per_seq, token_major=True)
+        self.block_manager = self._cache.block_manager
+        self.block_tables = self._cache.tables
+        self.kv_cache = self._cache.kv[0]
+        self.key_cache = self._cache.key_caches[0]
+        self.value_cache = self._cache.value_caches[0]
         # On the CPU these are the tables' own tensors; elsewhere device copies
-        # of them, refreshed row by row after each change.
-        self.block_table = self.block_tables.block_table.to(self.device)
+        # of them, refreshed after each change.
+        self.block_table = self._cache.device_block_table
         self.context_lens = self.block_tables.context_lens.to(self.device)
 
     @classmethod
@@ -101,15 +103,14 @@ class PagedAttentionManager:
 
     def _copy(self, block_mapping: torch.Tensor) -> None:
         """Makes the copy-on-write copies the block tables asked for."""
-        if block_mapping.numel():
-            copy_blocks([self.key_cache], [self.value_cache], block_mapping.to(self.device))
+        self._cache.copy_blocks(block_mapping)
 
     def _sync(self, rows) -> None:
         """Mirrors changed rows of the host tables to the device copies."""
-        if self.device.type != "cpu":
-            rows = torch.as_tensor(rows, dtype=torch.int64)
-            self.block_table[rows.to(self.device)] = self.block_tables.block_table[rows].to(
-                self.device)
+        for row in torch.as_tensor(rows, dtype=torch.int64).tolist():
+            self._cache._touch(row)
+        self._cache.sync_block_table()
+        if self.context_lens is not self.block_tables.context_lens:
             self.context_lens.copy_(self.block_tables.context_lens)
 
     # -- public API ----------------------------------------------------------------

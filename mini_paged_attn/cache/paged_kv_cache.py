@@ -19,23 +19,47 @@ class PagedKVCache(KVCache):
     """``[num_layers, 2, num_blocks, block_size, num_kv_heads, head_size]``, as
     many blocks as ``config.max_kv_memory_bytes()`` holds. A block holds the
     same token positions in every layer, so one block table serves them all and
-    a copy-on-write copies the block in every layer."""
+    a copy-on-write copies the block in every layer. ``with_blocks`` sizes it
+    by a block count instead, optionally token-major (a token's K and V side by
+    side, the layout of ``PagedAttentionManager``, its one-layer view)."""
 
     def __init__(self, config: PagedKVCacheConfig, num_layers: int, num_kv_heads: int,
                  head_size: int, dtype: torch.dtype, device: torch.device, max_num_seqs: int,
                  max_model_len: int):
-        self.block_size = config.block_size()
-        self.num_blocks = num_blocks_for(config, num_kv_heads, head_size, dtype, num_layers)
-        self.block_manager = BlockManager(self.num_blocks)
-        max_blocks_per_seq = min(-(-max_model_len // self.block_size), self.num_blocks)
-        self.max_seq_len = max_blocks_per_seq * self.block_size
-        self.tables = BlockTables(self.block_manager, max_num_seqs, max_blocks_per_seq,
-                                  self.block_size)
+        block_size = config.block_size()
+        num_blocks = num_blocks_for(config, num_kv_heads, head_size, dtype, num_layers)
+        self._allocate(num_blocks, block_size, num_layers, num_kv_heads, head_size, dtype, device,
+                       max_num_seqs, min(-(-max_model_len // block_size), num_blocks),
+                       token_major=False)
+
+    @classmethod
+    def with_blocks(cls, num_blocks: int, block_size: int, num_layers: int, num_kv_heads: int,
+                    head_size: int, dtype: torch.dtype, device: torch.device, max_num_seqs: int,
+                    max_blocks_per_seq: int, token_major: bool = False) -> "PagedKVCache":
+        cache = cls.__new__(cls)
+        cache._allocate(num_blocks, block_size, num_layers, num_kv_heads, head_size, dtype, device,
+                        max_num_seqs, max_blocks_per_seq, token_major)
+        return cache
+
+    def _allocate(self, num_blocks: int, block_size: int, num_layers: int, num_kv_heads: int,
+                  head_size: int, dtype: torch.dtype, device: torch.device, max_num_seqs: int,
+                  max_blocks_per_seq: int, token_major: bool) -> None:
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.block_manager = BlockManager(num_blocks)
+        self.max_seq_len = max_blocks_per_seq * block_size
+        self.tables = BlockTables(self.block_manager, max_num_seqs, max_blocks_per_seq, block_size)
         self.block_table = self.tables.block_table
-        self.kv = torch.zeros(num_layers, 2, self.num_blocks, self.block_size, num_kv_heads,
-                              head_size, dtype=dtype, device=device)
-        self.key_caches = list(self.kv[:, 0])
-        self.value_caches = list(self.kv[:, 1])
+        if token_major:  # [num_layers, num_blocks, block_size, 2, num_kv_heads, head_size]
+            self.kv = torch.zeros(num_layers, num_blocks, block_size, 2, num_kv_heads, head_size,
+                                  dtype=dtype, device=device)
+            self.key_caches = list(self.kv[:, :, :, 0])
+            self.value_caches = list(self.kv[:, :, :, 1])
+        else:
+            self.kv = torch.zeros(num_layers, 2, num_blocks, block_size, num_kv_heads, head_size,
+                                  dtype=dtype, device=device)
+            self.key_caches = list(self.kv[:, 0])
+            self.value_caches = list(self.kv[:, 1])
         self._mirror_block_table()
 
     def _copy(self, block_mapping: torch.Tensor) -> None:
