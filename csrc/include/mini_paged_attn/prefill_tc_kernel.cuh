@@ -37,20 +37,14 @@ struct Traits {
   static_assert(D % 16 == 0 && kBlockN % 16 == 0);
 };
 
-// Q rows into shared memory; rows past the tile's tokens or heads are zeros.
+// Q rows into shared memory, rows kStride apart.
 template <typename T, int D>
 __device__ __forceinline__ void load_q_tile(T* q_s, const PrefillTcParams& p, const TileCoords& c) {
   using Tr = Traits<D>;
-  const T* query = static_cast<const T*>(p.query);
-  for (int i = threadIdx.x; i < Tr::kBlockM * Tr::kChunks; i += Tr::kThreads) {
-    const int r = i / Tr::kChunks, chunk = i % Tr::kChunks;
-    const int t = r / p.heads_per_cta, h = r % p.heads_per_cta;
-    const bool valid = t < c.tokens && h < c.heads;
-    const T* src = valid ? query + (c.first_token + t) * p.q_token_stride +
-                               (c.first_head + h) * p.q_head_stride + chunk * 8
-                         : query;
-    cp_async_16(q_s + r * Tr::kStride + chunk * 8, src, valid);
-  }
+  load_q_rows<T, Tr::kBlockM, Tr::kChunks, Tr::kThreads>(
+      reinterpret_cast<unsigned char*>(q_s), p, c, [](int r, int chunk) {
+        return static_cast<int>(sizeof(T)) * (r * Tr::kStride + chunk * 8);
+      });
 }
 
 // Keys and values [k0, k0 + kBlockN) of the CTA's KV head into a stage; each

@@ -66,6 +66,23 @@ __device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, Til
   return false;
 }
 
+// The CTA's Q rows into shared memory: 16-byte chunk `chunk` of row r goes to
+// dst + dst_offset(r, chunk); rows past the tile's tokens or heads are zeros.
+template <typename T, int Rows, int Chunks, int Threads, typename DstOffset>
+__device__ __forceinline__ void load_q_rows(unsigned char* dst, const PrefillTcParams& p,
+                                            const TileCoords& c, DstOffset dst_offset) {
+  const T* query = static_cast<const T*>(p.query);
+  for (int i = threadIdx.x; i < Rows * Chunks; i += Threads) {
+    const int r = i / Chunks, chunk = i % Chunks;
+    const int t = r / p.heads_per_cta, h = r % p.heads_per_cta;
+    const bool valid = t < c.tokens && h < c.heads;
+    const T* src = valid ? query + (c.first_token + t) * p.q_token_stride +
+                               (c.first_head + h) * p.q_head_stride + chunk * 8
+                         : query;
+    cp_async_16(dst + dst_offset(r, chunk), src, valid);
+  }
+}
+
 __device__ __forceinline__ int64_t shfl_i64(int64_t v, int lane) {
   const int lo = __shfl_sync(0xffffffffu, static_cast<int>(v), lane);
   const int hi = __shfl_sync(0xffffffffu, static_cast<int>(v >> 32), lane);

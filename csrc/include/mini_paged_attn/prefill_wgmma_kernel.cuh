@@ -47,21 +47,14 @@ using Accum = float[1][D / 8][4];
 template <int D>
 using Probs = uint32_t[Traits<D>::kBlockN / 16][4];  // P as wgmma A fragments, 16 keys each
 
-// Q rows into the swizzled Q tile; rows past the tile's tokens or heads are zeros.
+// Q rows into the swizzled Q tile.
 template <typename T, int D>
 __device__ __forceinline__ void load_q_tile(unsigned char* q_s, const PrefillTcParams& p,
                                             const TileCoords& c) {
   using Tr = Traits<D>;
-  const T* query = static_cast<const T*>(p.query);
-  for (int i = threadIdx.x; i < Tr::kBlockM * Tr::kChunks; i += Tr::kThreads) {
-    const int r = i / Tr::kChunks, chunk = i % Tr::kChunks;
-    const int t = r / p.heads_per_cta, h = r % p.heads_per_cta;
-    const bool valid = t < c.tokens && h < c.heads;
-    const T* src = valid ? query + (c.first_token + t) * p.q_token_stride +
-                               (c.first_head + h) * p.q_head_stride + chunk * 8
-                         : query;
-    cp_async_16(q_s + wgmma::swizzled_offset(Tr::kBlockM, r, chunk), src, valid);
-  }
+  load_q_rows<T, Tr::kBlockM, Tr::kChunks, Tr::kThreads>(q_s, p, c, [](int r, int chunk) {
+    return wgmma::swizzled_offset(Tr::kBlockM, r, chunk);
+  });
 }
 
 // This warp's rows of the tile at `first` of one cache into a swizzled stage.
