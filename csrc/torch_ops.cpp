@@ -1,5 +1,5 @@
 // Operator schemas of the mini_paged_attn library. Backends register their
-// kernels with TORCH_LIBRARY_IMPL in csrc/cpu and csrc/kernels; fake (meta)
+// kernels with TORCH_LIBRARY_IMPL in csrc/cpu/kernels and csrc/kernels; fake (meta)
 // implementations for torch.compile live in mini_paged_attn/ops.py.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>

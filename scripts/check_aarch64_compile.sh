@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compiles the CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) for aarch64 Linux,
+# Compiles the CPU sources (csrc/*.cpp, csrc/cpu/*.cpp, csrc/cpu/kernels/*.cpp) for aarch64 Linux,
 # compile only, with zig's clang (the ziglang wheel the Makefile installs), so
 # code that builds only on x86-64 is caught where there is no Arm machine.
 # Exits 0 with a message when ziglang is absent.
@@ -28,7 +28,7 @@ FLAGS=(-target aarch64-linux-gnu -std=c++17 -O1 -Icsrc/include "${INCLUDES[@]}"
        -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C -Wno-c++20-extensions
        -Wno-unused-command-line-argument)
 export ZIG_GLOBAL_CACHE_DIR="$OUT_DIR/zig-cache" ZIG_LOCAL_CACHE_DIR="$OUT_DIR/zig-cache"
-files=(csrc/*.cpp csrc/cpu/*.cpp)
+files=(csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/kernels/*.cpp)
 status=0
 printf '%s\n' "${files[@]}" | xargs -P "${JOBS:-2}" -I{} sh -c \
   '"$0" -m ziglang c++ "$@" -c {} -o "'"$OUT_DIR"'/$(basename {}).o" \
