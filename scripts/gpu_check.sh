@@ -11,14 +11,18 @@
 #   SKIP_BUILD=1            reuse the build of an earlier call on the same (warm) machine
 #   SKIP_TESTS=1 / SKIP_BENCH=1 (the decode-attention benchmark and ceilings)
 #   SKIP_PREFILL=1          skip the prefill-attention benchmark (bench_prefill.py)
-#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-wgmma prefill-cuda-core"
+#   .whl/ (from scripts/serving_wheels.sh, carried): installed into /tmp/site first, so
+#                           that the server tests run and the serving workload can
+#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-wgmma prefill-cuda-core serving"
 #                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
 #                           "nano"; "" skips): nano = nano-vllm's workload; fixed = its
 #                           prompts, 512 greedy tokens, against transformers generate and
 #                           generate_batch; eager = nano with --enforce-eager; prefill =
 #                           its prompts, one token each (the prefill phase), and
 #                           prefill-wgmma / prefill-cuda-core the same on the wgmma /
-#                           CUDA-core prefill kernel
+#                           CUDA-core prefill kernel; serving = bench_serving.py (the HTTP
+#                           server on a random-weight checkpoint, 256 streamed requests at
+#                           once; needs .whl/)
 #   ARCH_LIST="8.0+PTX"     build for another TORCH_CUDA_ARCH_LIST (default 9.0, which
 #                           setup.py builds as 9.0a): with
 #                           8.0+PTX the H100 runs the sm_80 code paths (JIT from PTX)
@@ -36,6 +40,12 @@ PY=python3
 'triton', triton.__version__)"
   command -v nvcc && nvcc --version | tail -n 1
 } 2>&1 | tee "$OUT/env.txt"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} \
+    && echo "installed $(ls .whl | wc -l) carried wheels into /tmp/site"
+fi
 
 echo "== build"
 start=$SECONDS
@@ -112,6 +122,11 @@ for w in ${ENGINE_WORKLOADS-nano}; do
                        env=(MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core) ;;
     eager) args=(--workload nano --enforce-eager) ;;
     fixed) args=(--workload fixed --baselines hf,hf-batch --hf-batch-size 64 --decode-steps 0) ;;
+    serving)
+      timeout "${ENGINE_TIMEOUT:-480}" $PY benchmarks/bench_serving.py --device cuda \
+        --num-requests 256 --request-rate inf --max-num-seqs 256 --json "$OUT/serving.json" 2>&1 \
+        | grep -v "Writing model shards" | tee "$OUT/engine_serving.log"
+      continue ;;
     *) echo "unknown engine workload $w"; continue ;;
   esac
   env "${env[@]}" timeout "${ENGINE_TIMEOUT:-480}" $PY benchmarks/bench_engine.py "${ENGINE[@]}" "${args[@]}" \
@@ -126,7 +141,8 @@ grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/pyte
 echo "tests: $test_status"
 grep -E "^(#|shape|[0-9]+x)" "$OUT/prefill.log" 2>/dev/null
 for f in "$OUT"/engine_*.log; do
-  [[ -f $f ]] && grep -E "^(mini_paged_attn|transformers|decode step)" "$f" | sed "s|^|$(basename "$f" .log): |"
+  [[ -f $f ]] && grep -E "^(mini_paged_attn|transformers|decode step|[0-9]+ requests at|  (TTFT|TPOT|ITL))" "$f" \
+    | sed "s|^|$(basename "$f" .log): |"
 done
 if [[ -f "$OUT/bench.json" ]]; then
   $PY - "$OUT/bench.json" <<'EOF'
