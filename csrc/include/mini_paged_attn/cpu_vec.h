@@ -164,6 +164,32 @@ MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t 
                 *p3 = p2 + p_stride;
     float *a0 = acc + g * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
     int64_t d = 0;
+    // Two vectors per head: eight independent FMA chains keep both FMA units busy.
+    for (; d + 2 * W <= n; d += 2 * W) {
+      typename Vec<W>::f32 s0 = vload<W>(a0 + d), s1 = vload<W>(a1 + d), s2 = vload<W>(a2 + d),
+                          s3 = vload<W>(a3 + d), t0 = vload<W>(a0 + d + W),
+                          t1 = vload<W>(a1 + d + W), t2 = vload<W>(a2 + d + W),
+                          t3 = vload<W>(a3 + d + W);
+      for (int64_t i = 0; i < num_rows; ++i) {
+        const typename Vec<W>::f32 v = vload<W>(rows[i] + d), u = vload<W>(rows[i] + d + W);
+        s0 += p0[i] * v;
+        s1 += p1[i] * v;
+        s2 += p2[i] * v;
+        s3 += p3[i] * v;
+        t0 += p0[i] * u;
+        t1 += p1[i] * u;
+        t2 += p2[i] * u;
+        t3 += p3[i] * u;
+      }
+      vstore<W>(a0 + d, s0);
+      vstore<W>(a1 + d, s1);
+      vstore<W>(a2 + d, s2);
+      vstore<W>(a3 + d, s3);
+      vstore<W>(a0 + d + W, t0);
+      vstore<W>(a1 + d + W, t1);
+      vstore<W>(a2 + d + W, t2);
+      vstore<W>(a3 + d + W, t3);
+    }
     for (; d + W <= n; d += W) {
       typename Vec<W>::f32 s0 = vload<W>(a0 + d), s1 = vload<W>(a1 + d), s2 = vload<W>(a2 + d),
                           s3 = vload<W>(a3 + d);
