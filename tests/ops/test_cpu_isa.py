@@ -40,11 +40,15 @@ def test_decode_matches_reference(isa, dtype, heads, head_size):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prefill_matches_reference(isa, dtype):
-    g = torch.Generator().manual_seed(zlib.crc32(f"{isa} {dtype}".encode()))
+@pytest.mark.parametrize("heads,head_size", [((8, 2), 64), ((6, 6), 80), ((12, 2), 72)])
+def test_prefill_matches_reference(isa, dtype, heads, head_size):
+    # Head sizes that leave a tail past the register tiles' two vectors, and row
+    # counts that leave a partial tile of rows.
+    g = torch.Generator().manual_seed(zlib.crc32(f"{isa} {dtype} {head_size}".encode()))
     lens, q_lens = [70, 130, 17], [70, 33, 1]
-    k, v, tables, ctx = random_paged_kv(3, lens, 2, 64, 8, dtype, "cpu", generator=g)
-    q = torch.randn(sum(q_lens), 8, 64, generator=g).to(dtype)
+    k, v, tables, ctx = random_paged_kv(3, lens, heads[1], head_size, 8, dtype, "cpu",
+                                        generator=g)
+    q = torch.randn(sum(q_lens), heads[0], head_size, generator=g).to(dtype)
     loc = torch.tensor([0] + q_lens).cumsum(0).to(torch.int32)
     out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
     assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[dtype]
