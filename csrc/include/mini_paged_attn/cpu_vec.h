@@ -151,6 +151,27 @@ MPA_INLINE void exp_shifted(const float* x, float shift, float* y, int64_t n) {
   }
 }
 
+// acc[j][d, d + NV * W) += sum_i p[j][i] * rows[i][d, d + NV * W) for four
+// heads j, in 4 x NV accumulators held for all the rows.
+template <int W, int NV, typename T>
+MPA_INLINE void four_heads_rows_sum(const T* const* rows, const float* const (&p)[4],
+                                    int64_t num_rows, float* const (&acc)[4], int64_t d) {
+  typename Vec<W>::f32 s[4][NV];
+  for (int j = 0; j < 4; ++j) {
+    for (int v = 0; v < NV; ++v) s[j][v] = vload<W>(acc[j] + d + v * W);
+  }
+  for (int64_t i = 0; i < num_rows; ++i) {
+    typename Vec<W>::f32 x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = vload<W>(rows[i] + d + v * W);
+    for (int j = 0; j < 4; ++j) {
+      for (int v = 0; v < NV; ++v) s[j][v] += p[j][i] * x[v];
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    for (int v = 0; v < NV; ++v) vstore<W>(acc[j] + d + v * W, s[j][v]);
+  }
+}
+
 // acc[g][d] += sum_i p[g][i] * rows[i][d] for the heads g of a group
 // (p[g] = p + g * p_stride, acc[g] = acc + g * n). Four heads share each
 // loaded row; sums stay in registers for a whole block, which avoids a
@@ -160,58 +181,17 @@ MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t 
                                   int64_t num_heads, int64_t num_rows, float* acc, int64_t n) {
   int64_t g = 0;
   for (; g + 4 <= num_heads; g += 4) {
-    const float *p0 = p + g * p_stride, *p1 = p0 + p_stride, *p2 = p1 + p_stride,
-                *p3 = p2 + p_stride;
-    float *a0 = acc + g * n, *a1 = a0 + n, *a2 = a1 + n, *a3 = a2 + n;
+    const float* const ps[4] = {p + g * p_stride, p + (g + 1) * p_stride,
+                                p + (g + 2) * p_stride, p + (g + 3) * p_stride};
+    float* const as[4] = {acc + g * n, acc + (g + 1) * n, acc + (g + 2) * n, acc + (g + 3) * n};
     int64_t d = 0;
     // Two vectors per head: eight independent FMA chains keep both FMA units busy.
-    for (; d + 2 * W <= n; d += 2 * W) {
-      typename Vec<W>::f32 s0 = vload<W>(a0 + d), s1 = vload<W>(a1 + d), s2 = vload<W>(a2 + d),
-                          s3 = vload<W>(a3 + d), t0 = vload<W>(a0 + d + W),
-                          t1 = vload<W>(a1 + d + W), t2 = vload<W>(a2 + d + W),
-                          t3 = vload<W>(a3 + d + W);
-      for (int64_t i = 0; i < num_rows; ++i) {
-        const typename Vec<W>::f32 v = vload<W>(rows[i] + d), u = vload<W>(rows[i] + d + W);
-        s0 += p0[i] * v;
-        s1 += p1[i] * v;
-        s2 += p2[i] * v;
-        s3 += p3[i] * v;
-        t0 += p0[i] * u;
-        t1 += p1[i] * u;
-        t2 += p2[i] * u;
-        t3 += p3[i] * u;
-      }
-      vstore<W>(a0 + d, s0);
-      vstore<W>(a1 + d, s1);
-      vstore<W>(a2 + d, s2);
-      vstore<W>(a3 + d, s3);
-      vstore<W>(a0 + d + W, t0);
-      vstore<W>(a1 + d + W, t1);
-      vstore<W>(a2 + d + W, t2);
-      vstore<W>(a3 + d + W, t3);
-    }
-    for (; d + W <= n; d += W) {
-      typename Vec<W>::f32 s0 = vload<W>(a0 + d), s1 = vload<W>(a1 + d), s2 = vload<W>(a2 + d),
-                          s3 = vload<W>(a3 + d);
-      for (int64_t i = 0; i < num_rows; ++i) {
-        const typename Vec<W>::f32 v = vload<W>(rows[i] + d);
-        s0 += p0[i] * v;
-        s1 += p1[i] * v;
-        s2 += p2[i] * v;
-        s3 += p3[i] * v;
-      }
-      vstore<W>(a0 + d, s0);
-      vstore<W>(a1 + d, s1);
-      vstore<W>(a2 + d, s2);
-      vstore<W>(a3 + d, s3);
-    }
+    for (; d + 2 * W <= n; d += 2 * W) four_heads_rows_sum<W, 2>(rows, ps, num_rows, as, d);
+    for (; d + W <= n; d += W) four_heads_rows_sum<W, 1>(rows, ps, num_rows, as, d);
     for (; d < n; ++d) {
       for (int64_t i = 0; i < num_rows; ++i) {
         const float v = static_cast<float>(rows[i][d]);
-        a0[d] += p0[i] * v;
-        a1[d] += p1[i] * v;
-        a2[d] += p2[i] * v;
-        a3[d] += p3[i] * v;
+        for (int j = 0; j < 4; ++j) as[j][d] += ps[j][i] * v;
       }
     }
   }
