@@ -52,8 +52,9 @@ class _Sampling(BaseModel):
         return None
 
     def params(self) -> SamplingParams:
-        return SamplingParams(logprobs=self.sample_logprobs(), n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              top_k=self.top_k, min_p=self.min_p, max_tokens=self.max_tokens,
+        return SamplingParams(logprobs=self.sample_logprobs(), n=self.n,
+                              temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              min_p=self.min_p, max_tokens=self.max_tokens,
                               stop=self.stop, seed=self.seed,
                               presence_penalty=self.presence_penalty,
                               frequency_penalty=self.frequency_penalty,

@@ -139,7 +139,8 @@ def test_cuda_prefill_auto_on_long_contexts(monkeypatch, head_size):
 def test_cuda_prefill_key_and_value_layouts_differ():
     # The tensor-core kernels read a K row and its V row at one offset; a value
     # cache laid out otherwise takes the CUDA-core kernel, with the same result.
-    q, k, v, tables, ctx, loc = _case(12, "cuda", torch.float16, 8, 2, 64, 16, [300, 90], [300, 40])
+    q, k, v, tables, ctx, loc = _case(12, "cuda", torch.float16, 8, 2, 64, 16, [300, 90],
+                                      [300, 40])
     v_other = v.transpose(1, 2).contiguous().transpose(1, 2)  # [blocks, heads, slots, d] in memory
     assert v_other.stride() != k.stride()
     out = ops.paged_prefill_attention(q, k, v_other, tables, ctx, loc)
