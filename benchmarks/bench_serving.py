@@ -92,8 +92,13 @@ def _start_server(args):
     from mini_paged_attn.engine.async_llm import AsyncLLM
     from mini_paged_attn.server.api_server import build_app
 
-    path = make_text_checkpoint(tempfile.mkdtemp(), max_position_embeddings=1024)
-    llm = LLM(path, device=args.device, max_num_seqs=args.max_num_seqs)
+    # On CUDA: head size 64, which every CUDA attention kernel has (the tests'
+    # tiny model has 16), in bf16.
+    size = dict(hidden_size=512, num_attention_heads=8, num_hidden_layers=4) \
+        if args.device == "cuda" else {}
+    path = make_text_checkpoint(tempfile.mkdtemp(), max_position_embeddings=1024, **size)
+    llm = LLM(path, device=args.device, max_num_seqs=args.max_num_seqs,
+              **({"dtype": "bfloat16"} if args.device == "cuda" else {}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -13,14 +13,14 @@
 #   SKIP_PREFILL=1          skip the prefill-attention benchmark (bench_prefill.py)
 #   .whl/ (from scripts/serving_wheels.sh, carried): installed into /tmp/site first, so
 #                           that the server tests run and the serving workload can
-#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-wgmma prefill-cuda-core serving"
+#   ENGINE_WORKLOADS="nano fixed eager prefill prefill-wgmma prefill-mma prefill-cuda-core serving"
 #                           engine benchmarks (bench_engine.py, 0.5b model, bf16; default
 #                           "nano"; "" skips): nano = nano-vllm's workload; fixed = its
 #                           prompts, 512 greedy tokens, against transformers generate and
 #                           generate_batch; eager = nano with --enforce-eager; prefill =
 #                           its prompts, one token each (the prefill phase), and
-#                           prefill-wgmma / prefill-cuda-core the same on the wgmma /
-#                           CUDA-core prefill kernel; serving = bench_serving.py (the HTTP
+#                           prefill-wgmma / prefill-mma / prefill-cuda-core the same on
+#                           the wgmma / mma.sync / CUDA-core prefill kernel; serving = bench_serving.py (the HTTP
 #                           server on a random-weight checkpoint, 256 streamed requests at
 #                           once; needs .whl/)
 #   ARCH_LIST="8.0+PTX"     build for another TORCH_CUDA_ARCH_LIST (default 9.0, which
@@ -118,6 +118,8 @@ for w in ${ENGINE_WORKLOADS-nano}; do
     prefill) args=(--workload prefill --decode-steps 0) ;;
     prefill-wgmma) args=(--workload prefill --decode-steps 0)
                    env=(MINI_PAGED_ATTN_CUDA_PREFILL=wgmma) ;;
+    prefill-mma) args=(--workload prefill --decode-steps 0)
+                 env=(MINI_PAGED_ATTN_CUDA_PREFILL=tensor-core) ;;
     prefill-cuda-core) args=(--workload prefill --decode-steps 0)
                        env=(MINI_PAGED_ATTN_CUDA_PREFILL=cuda-core) ;;
     eager) args=(--workload nano --enforce-eager) ;;

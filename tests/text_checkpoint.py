@@ -8,7 +8,8 @@ CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endf
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def make_text_checkpoint(path, max_position_embeddings=256):
+def make_text_checkpoint(path, max_position_embeddings=256, hidden_size=64, num_attention_heads=4,
+                         num_hidden_layers=2):
     import tokenizers
     import transformers
 
@@ -23,9 +24,11 @@ def make_text_checkpoint(path, max_position_embeddings=256):
     tok.chat_template = CHAT
     tok.save_pretrained(path)
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2,
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size,
+                                      intermediate_size=3 * hidden_size // 2,
+                                      num_hidden_layers=num_hidden_layers,
+                                      num_attention_heads=num_attention_heads,
+                                      num_key_value_heads=num_attention_heads // 2,
                                       max_position_embeddings=max_position_embeddings,
                                       eos_token_id=tok.eos_token_id)
     transformers.LlamaForCausalLM(config).save_pretrained(path)

@@ -1,7 +1,7 @@
 // paged_prefill_attention on CUDA. fp16 / bf16 queries on a cache of the same
-// type go to a tensor-core kernel when rows are 16-byte aligned: the mma.sync
-// one (prefill_tc_kernel.cuh), or on request the wgmma one
-// (prefill_wgmma_kernel.cuh; compute capability 9.0, head sizes 64 and 128).
+// type go to a tensor-core kernel when rows are 16-byte aligned: the wgmma one
+// (prefill_wgmma_kernel.cuh; compute capability 9.0, head sizes 64 and 128),
+// else the mma.sync one (prefill_tc_kernel.cuh).
 // Everything else (float32, a float32 query on a 16-bit
 // cache, odd head sizes or strides) takes the simple tiled kernel below, with
 // float32 math on the CUDA cores.
@@ -235,14 +235,11 @@ bool tc_cache_layout(const at::Tensor& key_cache, const at::Tensor& value_cache)
 
 // MINI_PAGED_ATTN_CUDA_PREFILL picks the kernel. auto (or unset) sends
 // eligible calls to a tensor-core kernel: the wgmma one where it exists
-// (sm_90a, head sizes 64 and 128) and the block tables hold at least
-// kWgmmaMinKeys positions, else mma.sync. On an H200 wgmma was 23-24% faster
-// with 4096-8704 keys a sequence and 4-9% slower with 512-1024, where its
-// 128-key tiles waste more of the causal diagonal (docs/BENCHMARKS.md).
-// tensor-core and wgmma force one of the two (where eligible), cuda-core sends
-// every call to the CUDA-core kernel.
+// (sm_90a, head sizes 64 and 128; on an H200 it beat mma.sync on every
+// measured shape, docs/BENCHMARKS.md), else mma.sync. tensor-core and wgmma
+// force one of the two (where eligible), cuda-core sends every call to the
+// CUDA-core kernel.
 enum class PrefillKernel { kAuto, kTensorCore, kWgmma, kCudaCore };
-constexpr int64_t kWgmmaMinKeys = 2048;
 
 PrefillKernel requested_kernel() {
   const char* env = std::getenv("MINI_PAGED_ATTN_CUDA_PREFILL");
@@ -279,10 +276,8 @@ void launch_tensor_cores(PrefillKernel kernel, const PagedAttentionDims& d, cons
   p.block_shift = (d.block_size & (d.block_size - 1)) == 0 ? __builtin_ctzll(d.block_size) : -1;
   p.scale_log2 = static_cast<float>(scale * M_LOG2E);
   const int64_t num_tokens = query.size(0);
-  const bool wgmma =
-      (kernel == PrefillKernel::kWgmma ||
-       (kernel == PrefillKernel::kAuto && d.max_blocks_per_seq * d.block_size >= kWgmmaMinKeys)) &&
-      prefill_wgmma_usable(d.head_size, query.get_device());
+  const bool wgmma = kernel != PrefillKernel::kTensorCore &&
+                     prefill_wgmma_usable(d.head_size, query.get_device());
   if (key_cache.scalar_type() == at::kHalf) {
     (wgmma ? launch_prefill_wgmma<__half> : launch_prefill_tc<__half>)(p, d.head_size, num_tokens,
                                                                       d.num_kv_heads, stream);

@@ -92,7 +92,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 # The CUDA prefill kernels MINI_PAGED_ATTN_CUDA_PREFILL selects: auto (the
-# default: wgmma for long contexts where it exists, else mma.sync), mma.sync
+# default: wgmma where it exists, else mma.sync), mma.sync
 # tensor cores, wgmma (Hopper, head sizes 64 and 128; elsewhere it falls back
 # to mma.sync), and the float32 CUDA-core fallback.
 KERNELS = ["auto", "tensor-core", "wgmma", "cuda-core"]
@@ -126,13 +126,30 @@ def test_cuda_prefill_long_prompts(monkeypatch, kernel, dtype, head_size, heads)
 @CUDA
 @pytest.mark.parametrize("head_size", [64, 128])
 def test_cuda_prefill_auto_on_long_contexts(monkeypatch, head_size):
-    # Past 2048 keys a sequence, auto takes the wgmma kernel on Hopper.
     monkeypatch.setenv("MINI_PAGED_ATTN_CUDA_PREFILL", "auto")
     q, k, v, tables, ctx, loc = _case(11, "cuda", torch.bfloat16, 16, 4, head_size, 16,
                                       [2300, 700], [400, 700])
     out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
     assert not out.isnan().any()
     assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[torch.bfloat16]
+
+
+@CUDA
+@pytest.mark.parametrize("head_size", [64, 128])
+def test_cuda_prefill_many_tiles_per_cta(monkeypatch, head_size):
+    # Far more tiles than SMs, so the persistent wgmma kernel's CTAs walk many
+    # tiles each (its shared-memory rings wrap around across tiles), with
+    # sequences of mixed length and some of a single token. The result is
+    # bitwise the same from run to run.
+    monkeypatch.setenv("MINI_PAGED_ATTN_CUDA_PREFILL", "wgmma")
+    rng = random.Random(head_size)
+    lens = [rng.choice([1, rng.randint(2, 140), rng.randint(200, 400)]) for _ in range(96)]
+    q, k, v, tables, ctx, loc = _case(13, "cuda", torch.bfloat16, 32, 8, head_size, 16, lens,
+                                      lens)
+    out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+    assert not out.isnan().any()
+    assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[torch.bfloat16]
+    assert torch.equal(out, ops.paged_prefill_attention(q, k, v, tables, ctx, loc))
 
 
 @CUDA
@@ -180,7 +197,7 @@ def test_any_scale(device, scale):
     assert rel_err(out, ref) < 1e-2
 
 
-@pytest.mark.parametrize("kernel", KERNELS[:2])
+@pytest.mark.parametrize("kernel", KERNELS[:3])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_scores_growing_away_from_the_diagonal(monkeypatch, device, kernel, dtype):
     # Keys far from the diagonal score highest, so every key tile raises the

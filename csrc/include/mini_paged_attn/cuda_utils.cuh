@@ -150,6 +150,16 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// Named barriers (0 is __syncthreads): `threads` (a multiple of 32) arrive on
+// barrier `id`; sync also waits for the others, arrive does not.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Adds v to *p at gpu scope with acquire-release semantics; returns the old value.
 __device__ __forceinline__ unsigned int atomic_add_acq_rel(unsigned int* p, unsigned int v) {
   unsigned int old = 0;
@@ -166,10 +176,26 @@ __device__ __forceinline__ unsigned int atomic_add_acq_rel(unsigned int* p, unsi
 // Bulk global -> shared copies by the copy engine (sm_90), completing on an
 // mbarrier: one instruction moves a whole contiguous run (16-byte multiples).
 // ---------------------------------------------------------------------------
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar) {
+// A phase completes after `count` arrivals (and, for bulk copies, their bytes).
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count = 1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(bar)));
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+
+// One arrival on the barrier once every cp.async this thread has issued so
+// far has landed (the barrier's count includes it: no increment).
+__device__ __forceinline__ void cp_async_mbarrier_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar))
+               : "memory");
 #endif
 }
 

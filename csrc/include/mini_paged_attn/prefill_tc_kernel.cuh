@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, Traits<D>::kMinCtasPerSm)
   T* v_s = k_s + 2 * kTile;                  // [2][BN][kStride]
 
   TileCoords c;
-  if (!find_tile(p, blockIdx.x, c)) return;  // the grid is an upper bound on the tiles
+  if (!find_tile(p, blockIdx.x, blockIdx.y, c)) return;  // the grid is an upper bound on the tiles
   const int32_t* table = p.kv.block_tables + c.seq * p.kv.block_table_stride;
   const KVRows kv = kv_rows(p, c.kv_head);
   constexpr int MT = Tr::kMTiles;

@@ -27,10 +27,12 @@ struct TileCoords {
   int kv_head, first_head, heads;
 };
 
-// Tile `idx` of the launch in sequence order; each warp scans 32 sequences at
-// a time. Tiles of one sequence are handed out last first: the ones with the
-// most keys start earliest. False when idx is past the last tile.
-__device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, TileCoords& c) {
+// Tile `idx` of the launch in sequence order, for head chunk `y` (kv head
+// y / head_chunks); each warp scans 32 sequences at a time. Tiles of one
+// sequence are handed out last first: the ones with the most keys start
+// earliest. False when idx is past the last tile.
+__device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, int y,
+                                          TileCoords& c) {
   const int lane = threadIdx.x % 32;
   const int tpt = p.tokens_per_tile;
   int before = 0;  // tiles of the sequences already scanned
@@ -56,8 +58,8 @@ __device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, Til
       c.tokens = min(tpt, q_len - tile * tpt);
       c.first_pos = p.kv.context_lens[c.seq] - q_len + tile * tpt;
       c.kv_end = c.first_pos + c.tokens;
-      c.kv_head = blockIdx.y / p.head_chunks;
-      c.first_head = c.kv_head * p.group_size + (blockIdx.y % p.head_chunks) * p.heads_per_cta;
+      c.kv_head = y / p.head_chunks;
+      c.first_head = c.kv_head * p.group_size + (y % p.head_chunks) * p.heads_per_cta;
       c.heads = min(p.heads_per_cta, (c.kv_head + 1) * p.group_size - c.first_head);
       return true;
     }
@@ -150,10 +152,11 @@ __device__ __forceinline__ void copy_rows(unsigned char* dst, const T* cache, in
   }
 }
 
-// Row `rr` of this thread within the CTA's rows, for a warp owning MT m-tiles.
+// Row `rr` of thread `tid` (of the threads holding fragments) within the
+// CTA's rows, for a warp owning MT m-tiles.
 template <int MT>
-__device__ __forceinline__ int fragment_row(int rr) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+__device__ __forceinline__ int fragment_row(int rr, int tid = threadIdx.x) {
+  const int lane = tid % 32, warp = tid / 32;
   return (warp * MT + rr / 2) * 16 + lane / 4 + 8 * (rr % 2);
 }
 
@@ -256,16 +259,17 @@ __device__ __forceinline__ void probs_to_a(uint32_t (&a)[4], const float (&s)[MT
   a[3] = Convert<T>::pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
 }
 
-// o / l into this thread's rows of the output.
+// o / l into the rows of thread `tid` of the output.
 template <typename T, int MT, int DT>
 __device__ __forceinline__ void store_out(const float (&o)[MT][DT][4], float (&l)[2 * MT],
-                                          const PrefillTcParams& p, const TileCoords& c) {
+                                          const PrefillTcParams& p, const TileCoords& c,
+                                          int tid = threadIdx.x) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int rr = 0; rr < 2 * MT; ++rr) {
     l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 1);
     l[rr] += __shfl_xor_sync(0xffffffffu, l[rr], 2);
-    const int row = fragment_row<MT>(rr);
+    const int row = fragment_row<MT>(rr, tid);
     const int t = row / p.heads_per_cta, h = row % p.heads_per_cta;
     if (t >= c.tokens || h >= c.heads) continue;
     // A real row always sees key 0, so l > 0.
@@ -281,24 +285,37 @@ __device__ __forceinline__ void store_out(const float (&o)[MT][DT][4], float (&l
   }
 }
 
-// Launches `kernel` over tiles of block_m rows, one CTA a tile. A tile's rows
-// are (token, head) pairs of one KV head's group; the grid is an upper bound
-// on the tiles (each sequence wastes at most one partial tile) and find_tile
-// maps a CTA to its tile on the device.
-template <typename Kernel>
-void launch_tiles(Kernel kernel, PrefillTcParams p, int block_m, int threads, int smem_bytes,
-                  int64_t num_tokens, int64_t num_kv_heads, cudaStream_t stream) {
+// A launch's tiles of block_m rows: a tile's rows are (token, head) pairs of
+// one KV head's group. Sets the row split in p; `tiles` is an upper bound on
+// the tiles of one head chunk (each sequence wastes at most one partial
+// tile), and find_tile maps an index to its tile on the device.
+struct TilePlan {
+  int64_t tiles, head_chunks;  // head_chunks: num_kv_heads * p.head_chunks
+};
+
+inline TilePlan plan_tiles(PrefillTcParams& p, int block_m, int64_t num_tokens,
+                           int64_t num_kv_heads) {
   p.heads_per_cta = std::min(p.group_size, block_m);
   p.head_chunks = (p.group_size + p.heads_per_cta - 1) / p.heads_per_cta;
   p.tokens_per_tile = block_m / p.heads_per_cta;
+  const TilePlan plan{(num_tokens + p.tokens_per_tile - 1) / p.tokens_per_tile + p.num_seqs,
+                      num_kv_heads * p.head_chunks};
+  TORCH_CHECK(plan.tiles < (int64_t{1} << 31) && plan.head_chunks < 65536 &&
+                  plan.tiles * plan.head_chunks < (int64_t{1} << 31),
+              "paged_prefill_attention: too many tokens or heads");
+  return plan;
+}
+
+// Launches `kernel` with one CTA a tile (blockIdx.x the tile, blockIdx.y the
+// head chunk).
+template <typename Kernel>
+void launch_tiles(Kernel kernel, PrefillTcParams p, int block_m, int threads, int smem_bytes,
+                  int64_t num_tokens, int64_t num_kv_heads, cudaStream_t stream) {
+  const TilePlan plan = plan_tiles(p, block_m, num_tokens, num_kv_heads);
   C10_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-  const int64_t max_tiles = (num_tokens + p.tokens_per_tile - 1) / p.tokens_per_tile + p.num_seqs;
-  const int64_t grid_y = num_kv_heads * p.head_chunks;
-  TORCH_CHECK(max_tiles < (int64_t{1} << 31) && grid_y < 65536,
-              "paged_prefill_attention: too many tokens or heads");
-  kernel<<<dim3(static_cast<unsigned>(max_tiles), static_cast<unsigned>(grid_y)), threads,
-           smem_bytes, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.head_chunks)),
+           threads, smem_bytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

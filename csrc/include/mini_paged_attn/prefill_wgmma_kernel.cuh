@@ -1,44 +1,31 @@
 // Paged prefill attention on Hopper's warpgroup tensor cores (wgmma, sm_90a),
-// for head sizes 64 and 128, FlashAttention-3 style: each of a CTA's two
-// warpgroups owns 64 query rows; S = Q K^T reads Q and K from shared memory,
-// O += P V takes P from registers. Within a warpgroup the two multiplies of
-// neighbouring key tiles overlap the softmax: while the tensor cores compute
-// S_j and P_{j+1} V_{j+1}, the threads wait only for S_j, take its softmax, and
-// wait for the second only before rescaling O.
+// for head sizes 64 and 128, FlashAttention-3 style. A producer warpgroup
+// gathers the tiles (prefill_wgmma_pipeline.cuh); each of two math
+// warpgroups owns 64 of a tile's 128 query rows. S = Q K^T reads Q and K from
+// shared memory, O += P V takes P from registers.
 //
-// K and V tiles are gathered through the block table with cp.async (a page
-// can hold as few as 8 keys, too small a unit for TMA) into 128-byte swizzled
-// panels, two stages each. The copies of K_{j-1} and V_j run during tile j's
-// work. Tiles, GQA rows and masking are as in the mma.sync kernel
+// Two overlaps keep the tensor cores busy through the softmax. Within a
+// warpgroup, the multiplies of neighbouring key tiles: while the tensor cores
+// compute S_j and P_{j+1} V_{j+1}, the threads wait only for S_j, take its
+// softmax, and wait for the second only before rescaling O. Between the two
+// warpgroups, ping-pong: they take turns to issue a key tile's multiplies
+// (named barriers 1 and 2), so one's softmax runs during the other's
+// multiplies. Tiles, GQA rows and masking are as in the mma.sync kernel
 // (prefill_tiles.cuh), which serves the other head sizes and GPUs.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "mini_paged_attn/dispatch.h"
 #include "mini_paged_attn/prefill_tc.cuh"
 #include "mini_paged_attn/prefill_tiles.cuh"
+#include "mini_paged_attn/prefill_wgmma_pipeline.cuh"
 #include "mini_paged_attn/wgmma.cuh"
 
 namespace mini_paged_attn::cuda {
 namespace prefill_wgmma {
-
-using namespace prefill_tiles;
-
-template <int D>
-struct Traits {
-  static constexpr int kWarpGroups = 2;
-  static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kBlockM = 64 * kWarpGroups;  // rows: (token, head) pairs
-  static constexpr int kBlockN = 128;               // keys a tile
-  static constexpr int kChunks = D / 8;             // 16-byte chunks a row
-  static constexpr int kRowsPerWarp = kBlockN / (kThreads / 32);  // of a K or V tile
-  static constexpr int kQBytes = kBlockM * D * 2;
-  static constexpr int kTileBytes = kBlockN * D * 2;  // one stage of K or of V
-  // Q, two stages of K and two of V, and room to align the base to 1024 bytes.
-  static constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;
-  static_assert(D == 64 || D == 128);
-};
 
 template <int D>
 using Scores = float[1][Traits<D>::kBlockN / 8][4];
@@ -47,32 +34,12 @@ using Accum = float[1][D / 8][4];
 template <int D>
 using Probs = uint32_t[Traits<D>::kBlockN / 16][4];  // P as wgmma A fragments, 16 keys each
 
-// Q rows into the swizzled Q tile.
-template <typename T, int D>
-__device__ __forceinline__ void load_q_tile(unsigned char* q_s, const PrefillTcParams& p,
-                                            const TileCoords& c) {
-  using Tr = Traits<D>;
-  load_q_rows<T, Tr::kBlockM, Tr::kChunks, Tr::kThreads>(q_s, p, c, [](int r, int chunk) {
-    return wgmma::swizzled_offset(Tr::kBlockM, r, chunk);
-  });
-}
-
-// This warp's rows of the tile at `first` of one cache into a swizzled stage.
-template <typename T, int D>
-__device__ __forceinline__ void load_kv(unsigned char* dst, const void* cache, int64_t offset,
-                                        int first, int kv_end) {
-  using Tr = Traits<D>;
-  copy_rows<Tr::kRowsPerWarp, Tr::kChunks>(
-      dst, static_cast<const T*>(cache), offset, first, kv_end,
-      [](int row, int chunk) { return wgmma::swizzled_offset(Tr::kBlockN, row, chunk); });
-}
-
 // Issues S = Q K^T (unscaled) for this warpgroup's 64 rows against one key
 // tile. Both operands are K-major: a k16 step is 32 bytes into a panel row.
 template <typename T, int D>
-__device__ __forceinline__ void issue_qk(Scores<D>& s, uint32_t q_addr, uint32_t k_addr) {
+__device__ __forceinline__ void issue_qk(Scores<D>& s, uint32_t q_addr, uint32_t k_addr, int wg) {
   using Tr = Traits<D>;
-  const uint32_t rows = (threadIdx.x / 128) * 64 * 128;
+  const uint32_t rows = wg * 64 * 128;
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint32_t panel = kk / 4, col = (kk % 4) * 32;
@@ -101,117 +68,133 @@ __device__ __forceinline__ void to_probs(Probs<D>& pr, const Scores<D>& s) {
   for (int kk = 0; kk < Traits<D>::kBlockN / 16; ++kk) probs_to_a<T>(pr[kk], s, 0, kk);
 }
 
-// Key tiles go from the last (masked) one down. Iteration j computes S_j and
-// P_{j+1} V_{j+1} while K_{j-1} and V_j are copied in.
+// Waits for a ring slot's tile and orders the cp.async writes (generic proxy)
+// before the wgmma reads (async proxy); returns the slot.
+template <int S>
+__device__ __forceinline__ int acquire(const Ring<S>& r, uint64_t* full) {
+  mbarrier_wait(&full[r.slot()], r.parity());
+  fence_proxy_async_shared();
+  return r.slot();
+}
+
+// One math warpgroup (wg 0 or 1; tid counts the math threads) over the CTA's
+// tiles. Key tiles go from the last (masked) one down; step j computes S_j
+// and P_{j+1} V_{j+1}.
 template <typename T, int D>
-__global__ void __launch_bounds__(Traits<D>::kThreads, 1)
-    prefill_wgmma_kernel(const PrefillTcParams p) {
-#ifdef MPA_WGMMA_ENABLED
+__device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTiles<D>& sm) {
   using Tr = Traits<D>;
   constexpr int BN = Tr::kBlockN;
-  extern __shared__ unsigned char smem_raw[];
-  unsigned char* q_s = smem_raw + (1024 - smem_addr(smem_raw) % 1024) % 1024;
-  unsigned char* k_s = q_s + Tr::kQBytes;         // [2][kTileBytes]
-  unsigned char* v_s = k_s + 2 * Tr::kTileBytes;  // [2][kTileBytes]
-  const auto k_stage = [&](int j) { return k_s + (j & 1) * Tr::kTileBytes; };
-  const auto v_stage = [&](int j) { return v_s + (j & 1) * Tr::kTileBytes; };
-
-  TileCoords c;
-  if (!find_tile(p, blockIdx.x, c)) return;  // the grid is an upper bound on the tiles
-  const int32_t* table = p.kv.block_tables + c.seq * p.kv.block_table_stride;
-  int row_pos[2];  // positions of this thread's rows
+  const int tid = threadIdx.x - Tr::kProducerThreads, wg = tid / 128;
+  const uint32_t q_addr = smem_addr(sm.q), k_addr = smem_addr(sm.k), v_addr = smem_addr(sm.v);
+  Barriers& b = *sm.bar;
+  Ring<Tr::kStages> kr, vr;
+  if (wg == 0) named_barrier_arrive(1, Tr::kMathThreads);  // warpgroup 0 has the first turn
+  for (int item = 0;; ++item) {
+    mbarrier_wait(&b.item_full[item & 1], (item >> 1) & 1);
+    const TileCoords c = sm.items[item & 1];
+    if (c.seq < 0) break;
+    int row_pos[2];  // positions of this thread's rows
 #pragma unroll
-  for (int rr = 0; rr < 2; ++rr) row_pos[rr] = c.first_pos + fragment_row<1>(rr) / p.heads_per_cta;
-  const int n = (c.kv_end + BN - 1) / BN;
-  const int first_masked = (c.first_pos + 1) / BN;  // tiles from here reach past row 0
+    for (int rr = 0; rr < 2; ++rr)
+      row_pos[rr] = c.first_pos + fragment_row<1>(rr, tid) / p.heads_per_cta;
+    const int n = (c.kv_end + BN - 1) / BN;
+    const int first_masked = (c.first_pos + 1) / BN;  // tiles from here reach past row 0
 
-  constexpr int RW = Tr::kRowsPerWarp;
-  const KVRows kv = kv_rows(p, c.kv_head);
-  const void* kc = p.kv.key_cache;
-  const void* vc = p.kv.value_cache;
-  // Group 1: Q and K_{n-1}. Group 2: V_{n-1} and K_{n-2}. Then off_v is the
-  // row offset of the tile whose V is copied next, page the next K tile's.
-  load_q_tile<T, D>(q_s, p, c);
-  int64_t off_v =
-      row_offset<RW>(p, kv, lookup_page<RW>(p, table, (n - 1) * BN, c.kv_end), (n - 1) * BN,
-                     c.kv_end);
-  load_kv<T, D>(k_stage(n - 1), kc, off_v, (n - 1) * BN, c.kv_end);
-  cp_async_commit();
-  load_kv<T, D>(v_stage(n - 1), vc, off_v, (n - 1) * BN, c.kv_end);
-  if (n > 1) {
-    off_v = row_offset<RW>(p, kv, lookup_page<RW>(p, table, (n - 2) * BN, c.kv_end), (n - 2) * BN,
-                           c.kv_end);
-    load_kv<T, D>(k_stage(n - 2), kc, off_v, (n - 2) * BN, c.kv_end);
-  }
-  cp_async_commit();
-  int page = lookup_page<RW>(p, table, (n - 3) * BN, c.kv_end);
-  cp_async_wait<1>();
-  fence_proxy_async_shared();  // the copies' writes, before the wgmmas (another proxy) read them
-  __syncthreads();
-
-  Scores<D> s;
-  Accum<D> o = {};
-  Probs<D> pr;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-  const uint32_t q_addr = smem_addr(q_s);
-  wgmma::fence();
-  issue_qk<T, D>(s, q_addr, smem_addr(k_stage(n - 1)));
-  wgmma::commit_group();
-  wgmma::wait_group<0>();
-  wgmma::fence_operand(s[0]);
-  if (n - 1 >= first_masked) mask_tile(s, (n - 1) * BN, row_pos, c.kv_end);
-  softmax_tile(s, m, l, alpha, p.scale_log2);  // o is still zero: nothing to rescale
-  to_probs<T, D>(pr, s);
-
-  for (int j = n - 2; j >= 0; --j) {
-    cp_async_wait<0>();
-    fence_proxy_async_shared();
-    __syncthreads();  // K_j and V_{j+1} are in; no warp still reads K_{j+1} or V_{j+2}
+    Scores<D> s;
+    Accum<D> o = {};
+    Probs<D> pr;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+    mbarrier_wait(&b.q_full, item & 1);
+    int ks = acquire(kr, b.k_full);
+    wgmma::fence();
+    issue_qk<T, D>(s, q_addr, k_addr + ks * Tr::kTileBytes, wg);
+    wgmma::commit_group();
+    wgmma::wait_group<0>();
+    wgmma::fence_operand(s[0]);
+    mbarrier_arrive(&b.k_empty[ks]);
+    ++kr.count;
+    if (n == 1) mbarrier_arrive(&b.q_empty);
+    if (n - 1 >= first_masked) mask_tile(s, (n - 1) * BN, row_pos, c.kv_end);
+    softmax_tile(s, m, l, alpha, p.scale_log2);  // o is still zero: nothing to rescale
+    to_probs<T, D>(pr, s);
+    for (int j = n - 2; j >= 0; --j) {
+      ks = acquire(kr, b.k_full);
+      named_barrier_sync(1 + wg, Tr::kMathThreads);  // this warpgroup's turn
+      wgmma::fence_operand(o[0]);
+      wgmma::fence();
+      issue_qk<T, D>(s, q_addr, k_addr + ks * Tr::kTileBytes, wg);
+      wgmma::commit_group();
+      const int vs = acquire(vr, b.v_full);
+      issue_pv<T, D>(o, pr, v_addr + vs * Tr::kTileBytes);
+      wgmma::commit_group();
+      named_barrier_arrive(2 - wg, Tr::kMathThreads);  // the other's turn
+      wgmma::wait_group<1>();  // S_j
+      wgmma::fence_operand(s[0]);
+      mbarrier_arrive(&b.k_empty[ks]);
+      ++kr.count;
+      if (j == 0) mbarrier_arrive(&b.q_empty);
+      if (j >= first_masked) mask_tile(s, j * BN, row_pos, c.kv_end);
+      const bool moved = softmax_tile(s, m, l, alpha, p.scale_log2);
+      wgmma::wait_group<0>();  // P_{j+1} V_{j+1}: pr and o are free again
+      wgmma::fence_operand(o[0]);
+      mbarrier_arrive(&b.v_empty[vs]);
+      ++vr.count;
+      if (moved) rescale_rows(o, alpha);
+      to_probs<T, D>(pr, s);
+    }
+    const int vs = acquire(vr, b.v_full);
     wgmma::fence_operand(o[0]);
     wgmma::fence();
-    issue_qk<T, D>(s, q_addr, smem_addr(k_stage(j)));
+    issue_pv<T, D>(o, pr, v_addr + vs * Tr::kTileBytes);
     wgmma::commit_group();
-    issue_pv<T, D>(o, pr, smem_addr(v_stage(j + 1)));
-    wgmma::commit_group();
-    load_kv<T, D>(v_stage(j), vc, off_v, j * BN, c.kv_end);
-    if (j > 0) {
-      off_v = row_offset<RW>(p, kv, page, (j - 1) * BN, c.kv_end);
-      page = lookup_page<RW>(p, table, (j - 2) * BN, c.kv_end);
-      load_kv<T, D>(k_stage(j - 1), kc, off_v, (j - 1) * BN, c.kv_end);
-    }
-    cp_async_commit();
-    wgmma::wait_group<1>();  // S_j
-    wgmma::fence_operand(s[0]);
-    if (j >= first_masked) mask_tile(s, j * BN, row_pos, c.kv_end);
-    const bool moved = softmax_tile(s, m, l, alpha, p.scale_log2);
-    wgmma::wait_group<0>();  // P_{j+1} V_{j+1}: pr and o are free again
+    wgmma::wait_group<0>();
     wgmma::fence_operand(o[0]);
-    if (moved) rescale_rows(o, alpha);
-    to_probs<T, D>(pr, s);
+    mbarrier_arrive(&b.v_empty[vs]);
+    ++vr.count;
+    store_out<T>(o, l, p, c, tid);
   }
-  cp_async_wait<0>();
-  fence_proxy_async_shared();
-  __syncthreads();  // V_0
-  wgmma::fence_operand(o[0]);
-  wgmma::fence();
-  issue_pv<T, D>(o, pr, smem_addr(v_stage(0)));
-  wgmma::commit_group();
-  wgmma::wait_group<0>();
-  wgmma::fence_operand(o[0]);
-  store_out<T>(o, l, p, c);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(Traits<D>::kThreads, 1)
+    prefill_wgmma_kernel(const PrefillTcParams p, int num_items, int head_chunks) {
+#ifdef MPA_WGMMA_ENABLED
+  extern __shared__ unsigned char smem_raw[];
+  const SharedTiles<D> sm(smem_raw);
+  if (threadIdx.x == 0) sm.init_barriers();
+  __syncthreads();
+  if (threadIdx.x < Traits<D>::kProducerThreads) {
+    wgmma::set_max_registers_dec<Traits<D>::kProducerRegisters>();
+    produce<T, D>(p, sm, num_items, head_chunks);
+  } else {
+    wgmma::set_max_registers_inc<Traits<D>::kMathRegisters>();
+    consume<T, D>(p, sm);
+  }
 #endif
 }
 
 }  // namespace prefill_wgmma
 
+// One persistent CTA per SM (or per tile, when there are fewer tiles).
 template <typename T>
 void launch_prefill_wgmma(const PrefillTcParams& p, int64_t head_size, int64_t num_tokens,
                           int64_t num_kv_heads, cudaStream_t stream) {
   dispatch_head_size<64, 128>("wgmma paged_prefill_attention", head_size, [&](auto d) {
-    using Tr = prefill_wgmma::Traits<decltype(d)::value>;
-    prefill_tiles::launch_tiles(prefill_wgmma::prefill_wgmma_kernel<T, decltype(d)::value>, p,
-                                Tr::kBlockM, Tr::kThreads, Tr::kSmemBytes, num_tokens,
-                                num_kv_heads, stream);
+    constexpr int D = decltype(d)::value;
+    using Tr = prefill_wgmma::Traits<D>;
+    PrefillTcParams params = p;
+    const prefill_tiles::TilePlan plan =
+        prefill_tiles::plan_tiles(params, Tr::kBlockM, num_tokens, num_kv_heads);
+    const int64_t items = plan.tiles * plan.head_chunks;
+    int device = 0, sms = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    auto kernel = prefill_wgmma::prefill_wgmma_kernel<T, D>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        Tr::kSmemBytes));
+    kernel<<<static_cast<unsigned>(std::min<int64_t>(items, sms)), Tr::kThreads, Tr::kSmemBytes,
+             stream>>>(params, static_cast<int>(items), static_cast<int>(plan.head_chunks));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

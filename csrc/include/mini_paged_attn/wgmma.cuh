@@ -75,6 +75,23 @@ __device__ __forceinline__ void fence_operand(float (&d)[N][4]) {
   }
 }
 
+// Moves this warpgroup's register budget to N a thread: a producer
+// warpgroup gives registers up (dec) for the math warpgroups to take (inc).
+// All warpgroups' budgets must add up to what the CTA was launched with.
+template <int N>
+__device__ __forceinline__ void set_max_registers_dec() {
+#ifdef MPA_WGMMA_ENABLED
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void set_max_registers_inc() {
+#ifdef MPA_WGMMA_ENABLED
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
 #define MPA_WGMMA_SS_N128(TY) \
   asm volatile( \
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n" \
