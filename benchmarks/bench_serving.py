@@ -3,8 +3,9 @@ OpenAI-compatible server at a given rate (Poisson arrivals, or all at once),
 each streamed; reports request throughput, output tokens/s, and TTFT, TPOT and
 ITL at p50 and p99.
 
-Without --url it starts the server itself on a random-weight checkpoint with a
-trained byte-level tokenizer (the tests' ``text_checkpoint``), on --device:
+Without --url it starts the server (``python -m mini_paged_attn serve``, a process of
+its own) on a random-weight checkpoint with a trained byte-level tokenizer (the tests'
+``text_checkpoint``), on --device:
 
     python benchmarks/bench_serving.py --device cpu --num-requests 64 --request-rate inf
     python benchmarks/bench_serving.py --url http://127.0.0.1:8000 --model NAME
@@ -19,9 +20,9 @@ import os
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Dict, List
 
@@ -83,35 +84,37 @@ async def run(url: str, model: str, num_requests: int, rate: float, max_tokens: 
 
 
 def _start_server(args):
-    """A server in this process on a random-weight checkpoint; returns its URL."""
+    """`python -m mini_paged_attn serve` in its own process (as vLLM's benchmark runs
+    against a separate server: in one process the client's event loop would share the
+    GIL with the server and the engine thread) on a random-weight checkpoint; returns
+    its URL and the process."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    import uvicorn
     from text_checkpoint import make_text_checkpoint
-
-    from mini_paged_attn import LLM
-    from mini_paged_attn.engine.async_llm import AsyncLLM
-    from mini_paged_attn.server.api_server import build_app
 
     # On CUDA: head size 64, which every CUDA attention kernel has (the tests'
     # tiny model has 16), in bf16.
     size = dict(hidden_size=512, num_attention_heads=8, num_hidden_layers=4) \
         if args.device == "cuda" else {}
     path = make_text_checkpoint(tempfile.mkdtemp(), max_position_embeddings=1024, **size)
-    llm = LLM(path, device=args.device, max_num_seqs=args.max_num_seqs,
-              **({"dtype": "bfloat16"} if args.device == "cuda" else {}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(AsyncLLM(llm), args.model),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    cmd = [sys.executable, "-m", "mini_paged_attn", "serve", path, "--port", str(port),
+           "--served-model-name", args.model, "--device", args.device,
+           "--max-num-seqs", str(args.max_num_seqs)]
+    if args.device == "cuda":
+        cmd += ["--dtype", "bfloat16"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
+    for _ in range(1200):
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with code {server.returncode}")
         try:
             if httpx.get(f"{url}/health").status_code == 200:
-                return url
+                return url, server
         except httpx.HTTPError:
             time.sleep(0.05)
+    server.terminate()
     raise SystemExit("the server did not start")
 
 
@@ -128,9 +131,14 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    url = args.url or _start_server(args)
-    result = asyncio.run(run(url, args.model, args.num_requests, args.request_rate,
-                             args.max_tokens, args.seed))
+    url, server = (args.url, None) if args.url else _start_server(args)
+    try:
+        result = asyncio.run(run(url, args.model, args.num_requests, args.request_rate,
+                                 args.max_tokens, args.seed))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     result["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     result["command"] = " ".join(["python", "benchmarks/bench_serving.py"] + sys.argv[1:])
     print(f"# {result['date']}  {result['command']}")

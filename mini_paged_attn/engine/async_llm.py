@@ -22,6 +22,25 @@ from .request import Request
 _END = object()  # after a stream's last output
 
 
+def _put_all(items: List[Tuple["asyncio.Queue", Any]]) -> None:  # on the event loop
+    for q, item in items:
+        q.put_nowait(item)
+
+
+def _deliver(items: List[Tuple["RequestStream", Any]]) -> None:  # engine thread
+    """Hands each item to its stream: one wake-up per event loop for the whole
+    batch (a wake-up is a write to the loop's self-pipe, once per stream per
+    step it cost more than the rest of the hand-off)."""
+    by_loop: dict = {}
+    for stream, item in items:
+        if stream._loop is None:
+            stream._queue.put(item)
+        else:
+            by_loop.setdefault(stream._loop, []).append((stream._queue, item))
+    for loop, batch in by_loop.items():
+        loop.call_soon_threadsafe(_put_all, batch)
+
+
 class RequestStream:
     """The outputs of one request (cumulative: all its tokens and text so far),
     the last with ``finished`` set. Iterate it (blocking) or ``async for`` it
@@ -182,13 +201,14 @@ class AsyncLLM:
 
     def _publish(self) -> None:
         """Sends every active request whose output changed; ends finished ones."""
-        still = []
+        still, items = [], []
         for stream, request, sent in self._active:
             state = request.progress
             if state != sent:
-                stream._put(request.output())
+                items.append((stream, request.output()))
             if request.finished:
-                stream._put(_END)
+                items.append((stream, _END))
             else:
                 still.append((stream, request, state))
         self._active = still
+        _deliver(items)

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,6 +87,23 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
                         status_code=status)
 
 
+class _ApiKey:
+    """Pure ASGI middleware requiring ``Authorization: Bearer KEY`` on /v1 routes
+    (Starlette's ``BaseHTTPMiddleware`` would relay every streamed chunk through
+    a task group and a memory stream)."""
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and \
+                dict(scope["headers"]).get(b"authorization") != self.expected:
+            await _error(401, "invalid API key", "authentication_error")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_app(server: AsyncLLM, model_name: str, api_key: Optional[str] = None) -> FastAPI:
     app = FastAPI(title="mini_paged_attn")
     metrics = Metrics(server)
@@ -97,12 +114,8 @@ def build_app(server: AsyncLLM, model_name: str, api_key: Optional[str] = None) 
     async def _invalid(_, exc: RequestValidationError):
         return _error(400, str(exc.errors()[:3]))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1") and \
-                request.headers.get("authorization") != f"Bearer {api_key}":
-            return _error(401, "invalid API key", "authentication_error")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(_ApiKey, key=api_key)
 
     @app.get("/health")
     async def health():
