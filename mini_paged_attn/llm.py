@@ -22,6 +22,7 @@ from .engine.prompts import prompt_list, resolve, token_ids
 from .engine.request import Request
 from .models.config import ModelConfig
 from .models.loader import load_model
+from .ops import cuda_head_sizes
 from .outputs import RequestOutput
 from .parallel.group import kv_heads_per_rank
 from .parallel.workers import start as start_tensor_parallel
@@ -100,6 +101,11 @@ class LLM:
             self.model = load_model(ModelConfig.tiny() if model is None else model, device, dtype,
                                     seed, tp)
             config = self.model.config
+            model_dtype = next(self.model.parameters()).dtype
+            if device.type == "cuda" and config.head_dim not in cuda_head_sizes(model_dtype):
+                raise ValueError(f"model: head_dim {config.head_dim} has no CUDA attention "
+                                 f"kernel (supported in {model_dtype}: "
+                                 f"{', '.join(map(str, cuda_head_sizes(model_dtype)))})")
             max_model_len = min(max_model_len or config.max_position_embeddings,
                                 config.max_position_embeddings)
             if config.sliding_window is not None and max_model_len > config.sliding_window:
@@ -113,8 +119,7 @@ class LLM:
             # This rank's KV heads: the cache holds those only.
             kv_heads = kv_heads_per_rank(config.num_key_value_heads, tp.size)
             dims = (config.num_hidden_layers, kv_heads, config.head_dim,
-                    resolve_kv_cache_dtype(kv_cache_dtype, next(self.model.parameters()).dtype,
-                                           device), device)
+                    resolve_kv_cache_dtype(kv_cache_dtype, model_dtype, device), device)
             if not isinstance(cache_config, (PagedKVCacheConfig, StaticKVCacheConfig)):
                 raise TypeError(f"cache_config must be a PagedKVCacheConfig or "
                                 f"StaticKVCacheConfig, got {type(cache_config).__name__}")

@@ -45,6 +45,12 @@ def default_scale(head_size: int) -> float:
     return 1.0 / math.sqrt(head_size)
 
 
+def cuda_head_sizes(dtype: torch.dtype) -> tuple:
+    """The head sizes that every CUDA attention op (decode and prefill) takes for
+    a model of ``dtype``: the float32 prefill kernel has no head size 32."""
+    return ((32,) if dtype in (torch.float16, torch.bfloat16) else ()) + (64, 80, 96, 128, 256)
+
+
 KVScale = Union[float, torch.Tensor]
 
 

@@ -136,3 +136,14 @@ def test_a_kv_budget_beyond_the_gpu_is_a_clear_error(hf):
     # A budget that fits leaves room for the graphs: start-up and a step work.
     llm = LLM(path, PagedKVCacheConfig(free // 2), device="cuda", max_num_seqs=64)
     assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3))[0].outputs[0].token_ids) == 3
+
+
+def test_head_size_without_a_cuda_kernel_is_refused_at_load(tmp_path):
+    # head_dim 16: the CUDA attention kernels have no such size; LLM says so at
+    # load, naming the model, instead of failing in the first forward pass.
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="head_dim 16"):
+        LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16)

@@ -153,6 +153,18 @@ def test_cuda_prefill_many_tiles_per_cta(monkeypatch, head_size):
 
 
 @CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_head_sizes_are_served(dtype):
+    # ops.cuda_head_sizes (what LLM checks a model against at load) names sizes
+    # that both CUDA attention ops take, decode and prefill.
+    for head_size in ops.cuda_head_sizes(dtype):
+        q, k, v, tables, ctx, loc = _case(14, "cuda", dtype, 4, 2, head_size, 16, [40], [40])
+        out = ops.paged_prefill_attention(q, k, v, tables, ctx, loc)
+        assert rel_err(out, ref_paged_prefill_attention(q, k, v, tables, ctx, loc)) < TOL[dtype]
+        ops.paged_attention(q[-1:], k, v, tables, ctx)
+
+
+@CUDA
 def test_cuda_prefill_key_and_value_layouts_differ():
     # The tensor-core kernels read a K row and its V row at one offset; a value
     # cache laid out otherwise takes the CUDA-core kernel, with the same result.
