@@ -54,6 +54,7 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0             # decoding starts here, for context
         self.read_offset = len(self.ids)   # text up to here is already emitted
         self.text = ""
+        self.num_tokens = 0                # output tokens appended
 
     def _decode(self, ids: List[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -61,6 +62,7 @@ class IncrementalDetokenizer:
     def append(self, token_id: int) -> str:
         """Adds one token; returns the text it completes (maybe empty)."""
         self.ids.append(token_id)
+        self.num_tokens += 1
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
         if len(full) <= len(prefix) or full.endswith("\ufffd"):

@@ -74,15 +74,23 @@ class Request:
             seq.finish_reason = "length"
         return seq.finish_reason is not None
 
-    def _hits_stop_string(self, seq: Sequence) -> bool:
+    def _detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
+        """The sequence's text built token by token, brought up to its last token
+        (a fork's starts over its parent's tokens)."""
         detok = self._detok.get(seq.index)
         if detok is None:
+            skip = self.sampling_params.skip_special_tokens if self.sampling_params else True
             detok = self._detok[seq.index] = IncrementalDetokenizer(
-                self.tokenizer, self.prompt_token_ids, self.sampling_params.skip_special_tokens)
-            for t in seq.output_token_ids[:-1]:  # a fork inherits its parent's tokens
-                detok.append(t)
-        delta = detok.append(seq.token_ids[-1])
-        at = find_stop(detok.text, len(delta), self.stops) if delta else None
+                self.tokenizer, self.prompt_token_ids, skip)
+        for t in seq.token_ids[self.num_prompt_tokens + detok.num_tokens:]:
+            detok.append(t)
+        return detok
+
+    def _hits_stop_string(self, seq: Sequence) -> bool:
+        before = len(self._detok[seq.index].text) if seq.index in self._detok else 0
+        detok = self._detokenizer(seq)
+        new = len(detok.text) - before
+        at = find_stop(detok.text, new, self.stops) if new else None
         if at is None:
             return False
         if self.sampling_params.include_stop_str_in_output:
@@ -96,6 +104,10 @@ class Request:
             return ""
         if seq.index in self._stop_text:
             return self._stop_text[seq.index]
+        if seq.finish_reason is None:
+            # Streamed while running: a token's worth of decoding a step, not the
+            # whole output (the text withholds a character not yet complete).
+            return self._detokenizer(seq).text
         skip = self.sampling_params.skip_special_tokens if self.sampling_params else True
         return decode_output(self.tokenizer, self.prompt_token_ids, seq.output_token_ids, skip)
 

@@ -99,3 +99,20 @@ def test_find_stop():
     assert find_stop("abcdef", 2, ["de", "f"]) == 3
     assert find_stop("abcdef", 1, ["bc"]) is None  # completed by earlier characters
     assert find_stop("abcdef", 1, ["ef", "cdef"]) == 2
+
+
+def test_streamed_text_grows_by_whole_characters_to_the_final_text(llm):
+    # While a request runs its text is built token by token; every streamed
+    # text is a prefix of the final one (a character split over tokens shows
+    # up once whole: the random model also emits invalid UTF-8, which reads
+    # as U+FFFD in both).
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=40, ignore_eos=True)
+    prompts = ["héllo wörld, 世界", "🎉 emoji and", "def f(x):"]
+    final = {o.prompt: o.outputs[0].text for o in llm.generate(prompts, params)}
+    seen = {}
+    for out in llm.stream(prompts, params):
+        text = out.outputs[0].text
+        assert final[out.prompt].startswith(text)
+        assert text.startswith(seen.get(out.prompt, ""))
+        seen[out.prompt] = text
+    assert seen == final
