@@ -74,14 +74,17 @@ class Request:
             seq.finish_reason = "length"
         return seq.finish_reason is not None
 
+    @property
+    def _skip_special_tokens(self) -> bool:
+        return self.sampling_params.skip_special_tokens if self.sampling_params else True
+
     def _detokenizer(self, seq: Sequence) -> IncrementalDetokenizer:
         """The sequence's text built token by token, brought up to its last token
         (a fork's starts over its parent's tokens)."""
         detok = self._detok.get(seq.index)
         if detok is None:
-            skip = self.sampling_params.skip_special_tokens if self.sampling_params else True
             detok = self._detok[seq.index] = IncrementalDetokenizer(
-                self.tokenizer, self.prompt_token_ids, skip)
+                self.tokenizer, self.prompt_token_ids, self._skip_special_tokens)
         for t in seq.token_ids[self.num_prompt_tokens + detok.num_tokens:]:
             detok.append(t)
         return detok
@@ -108,8 +111,8 @@ class Request:
             # Streamed while running: a token's worth of decoding a step, not the
             # whole output (the text withholds a character not yet complete).
             return self._detokenizer(seq).text
-        skip = self.sampling_params.skip_special_tokens if self.sampling_params else True
-        return decode_output(self.tokenizer, self.prompt_token_ids, seq.output_token_ids, skip)
+        return decode_output(self.tokenizer, self.prompt_token_ids, seq.output_token_ids,
+                             self._skip_special_tokens)
 
     def output(self) -> RequestOutput:
         asked = self.sampling_params is not None and self.sampling_params.logprobs is not None

@@ -24,6 +24,8 @@ namespace mini_paged_attn::cuda::prefill_wgmma {
 
 using namespace prefill_tiles;
 
+constexpr int kRingSlots = 2;
+
 template <int D>
 struct Traits {
   static constexpr int kProducerThreads = 128;
@@ -31,9 +33,9 @@ struct Traits {
   static constexpr int kThreads = kProducerThreads + kMathThreads;
   static constexpr int kBlockM = 128;  // rows: (token, head) pairs
   static constexpr int kBlockN = 128;  // keys a tile
-  static constexpr int kStages = 2;    // of K and of V
+  static constexpr int kStages = kRingSlots;  // of K and of V
   static constexpr int kChunks = D / 8;  // 16-byte chunks a row
-  static constexpr int kRowsPerWarp = kBlockN / 4;  // of a K or V tile, per producer warp
+  static constexpr int kRowsPerWarp = kBlockN / (kProducerThreads / 32);  // per producer warp
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kTileBytes = kBlockN * D * 2;  // one slot of K or of V
   // Registers a thread: 128 x 72 + 256 x 216 = 384 x 168, the launch's budget.
@@ -47,7 +49,7 @@ struct Traits {
 
 struct Barriers {
   uint64_t q_full, q_empty;
-  uint64_t k_full[2], k_empty[2], v_full[2], v_empty[2];
+  uint64_t k_full[kRingSlots], k_empty[kRingSlots], v_full[kRingSlots], v_empty[kRingSlots];
   uint64_t item_full[2];  // tile coordinates written (item % 2)
 };
 
@@ -78,8 +80,8 @@ struct SharedTiles {
       mbarrier_init(&bar->v_full[i], Tr::kProducerThreads);
       mbarrier_init(&bar->k_empty[i], Tr::kMathThreads);
       mbarrier_init(&bar->v_empty[i], Tr::kMathThreads);
-      mbarrier_init(&bar->item_full[i], 1);
     }
+    for (uint64_t& item : bar->item_full) mbarrier_init(&item, 1);
   }
 };
 
