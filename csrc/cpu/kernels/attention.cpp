@@ -22,9 +22,7 @@
 namespace mini_paged_attn::cpu {
 
 // One partition of one sequence: tokens [first_token, end_token) for every
-// head. Reading whole blocks (all KV heads of a token are adjacent) keeps the
-// access sequential; per-head rows are 4 KB apart and would cost a TLB miss
-// each. Strides are in elements.
+// head, a block at a time. Strides are in elements.
 struct PartitionTask {
   const float* q;              // [num_heads, head_size], pre-multiplied by scale
   float* acc;                  // [num_heads, head_size], unnormalised output
@@ -32,7 +30,6 @@ struct PartitionTask {
   float* sum;                  // [num_heads], running sum of exp(score - max)
   float* scores;               // [num_heads, block_size] scratch
   const void** rows;           // [block_size] scratch
-  char* v_scratch;             // [num_kv_heads, block_size, head_size] of the cache dtype
   const int32_t* block_table;  // [max_blocks_per_seq]
   const void* k;               // key_cache data
   const void* v;               // value_cache data
@@ -60,13 +57,27 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
     const T* kb = kc + block * t.k_block_stride;
     const T* vb = vc + block * t.v_block_stride;
     auto krow = [&](int64_t i, int64_t h) { return kb + i * t.k_token_stride + h * t.k_head_stride; };
+    // The next block's K and V rows are prefetched a row per row of this one:
+    // the hardware prefetchers stop at each 4 KB page, and blocks lie anywhere,
+    // so without this every block's first reads wait on memory.
+    const bool has_next = (b + 1) * B < t.end_token;
+    const int64_t next = has_next ? t.block_table[b + 1] : 0;
+    auto prefetch_next = [&](int64_t i, int64_t h) {
+      if (!has_next || i >= B) return;
+      const char* k = reinterpret_cast<const char*>(kc + next * t.k_block_stride +
+                                                    i * t.k_token_stride + h * t.k_head_stride);
+      const char* v = reinterpret_cast<const char*>(vc + next * t.v_block_stride +
+                                                    i * t.v_token_stride + h * t.v_head_stride);
+      for (int64_t o = 0; o < static_cast<int64_t>(D * sizeof(T)); o += 64) {
+        __builtin_prefetch(k + o);
+        __builtin_prefetch(v + o);
+      }
+    };
 
-    // Scores, token-major so K is read sequentially (the hardware prefetcher
-    // streams it; software prefetches of whole blocks measured slower: they
-    // stall on the few L1 miss buffers). Small groups batch four tokens per
-    // head instead, below.
+    // Scores, token-major; small groups batch four tokens per head instead, below.
     for (int64_t i = 0; G >= 4 && i < n; ++i) {
       for (int64_t h = 0; h < KVH; ++h) {
+        prefetch_next(i, h);
         const T* k = krow(i, h);
         const float* qh = t.q + h * G * D;
         for (int64_t g = 0; g + 4 <= G; g += 4) {
@@ -81,6 +92,7 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
     if (G < 4) {
       for (int64_t i = 0; i < n; i += 4) {
         for (int64_t h = 0; h < KVH; ++h) {
+          for (int64_t j = i; j < i + 4; ++j) prefetch_next(j, h);
           for (int64_t g = 0; g < G; ++g) {
             const float* q = t.q + (h * G + g) * D;
             float* p = t.scores + (h * G + g) * B;
@@ -95,31 +107,13 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
       }
     }
 
-    // V rows, copied token-major (one sequential read of the block, which the
-    // hardware prefetcher streams) into a head-major scratch that the weighted
-    // sums below then read from the cache.
-    T* vs = reinterpret_cast<T*>(t.v_scratch);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t h = 0; h < KVH; ++h)
-        std::memcpy(vs + (h * B + i) * D, vb + i * t.v_token_stride + h * t.v_head_stride,
-                    D * sizeof(T));
     for (int64_t h = 0; h < KVH; ++h) {
       float* p = t.scores + h * G * B;  // p[g * B + i]
-      // Online softmax: rescale what was accumulated under the old maximum.
       for (int64_t g = 0; g < G; ++g) {
         const int64_t head = h * G + g;
-        float* ph = p + g * B;
-        const float block_max = std::max(t.max[head], *std::max_element(ph, ph + n));
-        if (block_max != t.max[head]) {
-          const float alpha = std::exp(t.max[head] - block_max);
-          scale(alpha, t.acc + head * D, D);
-          t.sum[head] *= alpha;
-          t.max[head] = block_max;
-        }
-        exp_shifted(ph, block_max, ph, n);
-        t.sum[head] += sum(ph, n);
+        online_softmax<W>(p + g * B, n, t.max[head], t.sum[head], t.acc + head * D, D);
       }
-      for (int64_t i = 0; i < n; ++i) rows[i] = vs + (h * B + i) * D;
+      for (int64_t i = 0; i < n; ++i) rows[i] = vb + i * t.v_token_stride + h * t.v_head_stride;
       weighted_rows_sum<W>(rows, p, B, G, n, t.acc + h * G * D, D);
     }
   }
@@ -206,7 +200,6 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
   at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(H * d.block_size);
     std::vector<const void*> rows(d.block_size);
-    std::vector<char> v_scratch(d.num_kv_heads * d.block_size * D * value_cache.element_size());
     int64_t s = std::upper_bound(first_task.begin(), first_task.end(), begin) -
                 first_task.begin() - 1;
     for (int64_t task = begin; task < end; ++task) {
@@ -218,7 +211,6 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
       t.sum = sum.data() + task * H;
       t.scores = scores.data();
       t.rows = rows.data();
-      t.v_scratch = v_scratch.data();
       t.block_table = tables + s * block_tables.stride(0);
       t.k = key_cache.data_ptr();
       t.v = value_cache.data_ptr();

@@ -177,17 +177,7 @@ MPA_INLINE void prefill_impl(const PrefillTask& t) {
       float* p = t.scores + r * C;
       // Causal: the row's token (position first_pos + r / G) sees keys up to itself.
       const int64_t visible = std::clamp<int64_t>(t.first_pos + r / G - start + 1, 0, n);
-      if (visible > 0) {
-        const float chunk_max = std::max(t.max[r], *std::max_element(p, p + visible));
-        if (chunk_max != t.max[r]) {
-          const float alpha = std::exp(t.max[r] - chunk_max);
-          scale(alpha, t.acc + r * D, D);
-          t.sum[r] *= alpha;
-          t.max[r] = chunk_max;
-        }
-        exp_shifted(p, chunk_max, p, visible);
-        t.sum[r] += sum(p, visible);
-      }
+      if (visible > 0) online_softmax<W>(p, visible, t.max[r], t.sum[r], t.acc + r * D, D);
       std::fill(p + visible, p + C, 0.f);
     }
     for (r = 0; r + RT <= R; r += RT) pv_rows<W, RT>(t.scores + r * C, t.v_f, D, n, t.acc + r * D);

@@ -10,6 +10,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -25,6 +26,7 @@ struct Vec {
   typedef uint8_t u8 __attribute__((vector_size(W * sizeof(uint8_t))));
   typedef uint16_t u16 __attribute__((vector_size(W * sizeof(uint16_t))));
   typedef uint32_t u32 __attribute__((vector_size(W * sizeof(uint32_t))));
+  typedef int32_t i32 __attribute__((vector_size(W * sizeof(int32_t))));
   typedef _Float16 f16 __attribute__((vector_size(W * sizeof(_Float16))));
 };
 
@@ -94,6 +96,18 @@ MPA_INLINE float hsum(typename Vec<W>::f32 v) {
   }
 }
 
+template <int W>
+MPA_INLINE float hmax(typename Vec<W>::f32 v) {
+  if constexpr (W == 4) {
+    return std::max(std::max(v[0], v[2]), std::max(v[1], v[3]));
+  } else {
+    typename Vec<W / 2>::f32 lo, hi;
+    std::memcpy(&lo, &v, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+    return hmax<W / 2>(lo > hi ? lo : hi);
+  }
+}
+
 // out[j] = dot(q[j], k[j]) for four pairs: four independent accumulators hide
 // the FMA latency, and the horizontal sums happen once per pair.
 template <int W, typename T>
@@ -131,24 +145,69 @@ MPA_INLINE float dot(const float* q, const T* k, int64_t n) {
   return t;
 }
 
-// y[i] = exp(x[i] - shift) for x[i] - shift <= 0, vectorised (std::exp is a
-// scalar libm call). exp(x) = 2^k * exp(r) with |r| <= ln2 / 2 and a degree-6
-// Taylor polynomial: relative error ~2e-7.
-MPA_INLINE void exp_shifted(const float* x, float shift, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = std::max(x[i] - shift, -87.0f);
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
-    const float k = (v * 1.44269504f + 12582912.f) - 12582912.f;
-    const float r = v - k * 0.693145752f - k * 1.42860677e-6f;
-    const float poly =
-        1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 +
-                                                                       r * (1.f / 720))))));
+// exp(x) for x <= 0 on W lanes (std::exp is a scalar libm call): exp(x) =
+// 2^k * exp(r) with |r| <= ln2 / 2 and a degree-6 Taylor polynomial, relative
+// error ~2e-7. W = 1 is the scalar form, for tails.
+template <int W, typename F>
+MPA_INLINE F exp_nonpositive(F x) {
+  const F v = x > -87.f ? x : F{} - 87.f;
+  // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+  const F k = (v * 1.44269504f + 12582912.f) - 12582912.f;
+  const F r = v - k * 0.693145752f - k * 1.42860677e-6f;
+  const F poly =
+      1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 +
+                                                                     r * (1.f / 720))))));
+  F pow2;
+  if constexpr (W == 1) {
     const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-    float pow2;
     std::memcpy(&pow2, &bits, sizeof(float));
-    y[i] = poly * pow2;
+  } else {
+    const typename Vec<W>::i32 bits = (__builtin_convertvector(k, typename Vec<W>::i32) + 127) << 23;
+    std::memcpy(&pow2, &bits, sizeof(pow2));
   }
+  return poly * pow2;
+}
+
+// One step of the online softmax for one row over n new scores p[0, n):
+// moves the row's running max (rescaling its sum and its d-wide unnormalised
+// output acc by exp(old - new) when it moves), turns p into exp(p - max) and
+// adds them to the sum. In W-wide vectors: the max compare of a scalar loop
+// mispredicts on random scores, and its dependent adds wait on each other.
+template <int W>
+MPA_INLINE void online_softmax(float* p, int64_t n, float& max, float& sum, float* acc,
+                               int64_t d) {
+  using F = typename Vec<W>::f32;
+  int64_t i = 0;
+  float m = max;
+  if (n >= W) {
+    F mv = vload<W>(p);
+    for (i = W; i + W <= n; i += W) {
+      const F x = vload<W>(p + i);
+      mv = mv > x ? mv : x;
+    }
+    m = std::max(m, hmax<W>(mv));
+  }
+  for (; i < n; ++i) m = std::max(m, p[i]);
+  if (m != max) {
+    const float alpha = std::exp(max - m);  // 0 while max is -inf
+    int64_t j = 0;
+    for (; j + W <= d; j += W) vstore<W>(acc + j, vload<W>(acc + j) * alpha);
+    for (; j < d; ++j) acc[j] *= alpha;
+    sum *= alpha;
+    max = m;
+  }
+  F sv = {};
+  for (i = 0; i + W <= n; i += W) {
+    const F e = exp_nonpositive<W>(vload<W>(p + i) - m);
+    vstore<W>(p + i, e);
+    sv += e;
+  }
+  float total = hsum<W>(sv);
+  for (; i < n; ++i) {
+    p[i] = exp_nonpositive<1>(p[i] - m);
+    total += p[i];
+  }
+  sum += total;
 }
 
 // acc[j][d, d + NV * W) += sum_i p[j][i] * rows[i][d, d + NV * W) for four
@@ -214,18 +273,6 @@ MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t 
       ag[d] = s;
     }
   }
-}
-
-MPA_INLINE float sum(const float* x, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += x[i];
-  return s;
-}
-
-MPA_INLINE void scale(float alpha, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] *= alpha;
 }
 
 }  // namespace mini_paged_attn::cpu
