@@ -77,6 +77,12 @@ __device__ __forceinline__ int acquire(const Ring<S>& r, uint64_t* full) {
   return r.slot();
 }
 
+// Frees a tile's Q slot (and its coordinates) after its last S = Q K^T.
+__device__ __forceinline__ void release_q(Barriers& b, Ring<kQSlots>& qr) {
+  mbarrier_arrive(&b.q_empty[qr.slot()]);
+  ++qr.count;
+}
+
 // One math warpgroup (wg 0 or 1; tid counts the math threads) over the CTA's
 // tiles. Key tiles go from the last (masked) one down; step j computes S_j
 // and P_{j+1} V_{j+1}.
@@ -88,10 +94,11 @@ __device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTi
   const uint32_t q_addr = smem_addr(sm.q), k_addr = smem_addr(sm.k), v_addr = smem_addr(sm.v);
   Barriers& b = *sm.bar;
   Ring<Tr::kStages> kr, vr;
+  Ring<kQSlots> qr;  // one count a tile, as the producer's
   if (wg == 0) named_barrier_arrive(1, Tr::kMathThreads);  // warpgroup 0 has the first turn
-  for (int item = 0;; ++item) {
-    mbarrier_wait(&b.item_full[item & 1], (item >> 1) & 1);
-    const TileCoords c = sm.items[item & 1];
+  for (;;) {
+    mbarrier_wait(&b.item_full[qr.slot()], qr.parity());
+    const TileCoords c = sm.items[qr.slot()];
     if (c.seq < 0) break;
     int row_pos[2];  // positions of this thread's rows
 #pragma unroll
@@ -104,16 +111,17 @@ __device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTi
     Accum<D> o = {};
     Probs<D> pr;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-    mbarrier_wait(&b.q_full, item & 1);
+    const uint32_t q_slot = q_addr + qr.slot() * Tr::kQBytes;
+    mbarrier_wait(&b.q_full[qr.slot()], qr.parity());
     int ks = acquire(kr, b.k_full);
     wgmma::fence();
-    issue_qk<T, D>(s, q_addr, k_addr + ks * Tr::kTileBytes, wg);
+    issue_qk<T, D>(s, q_slot, k_addr + ks * Tr::kTileBytes, wg);
     wgmma::commit_group();
     wgmma::wait_group<0>();
     wgmma::fence_operand(s[0]);
     mbarrier_arrive(&b.k_empty[ks]);
     ++kr.count;
-    if (n == 1) mbarrier_arrive(&b.q_empty);
+    if (n == 1) release_q(b, qr);
     if (n - 1 >= first_masked) mask_tile(s, (n - 1) * BN, row_pos, c.kv_end);
     softmax_tile(s, m, l, alpha, p.scale_log2);  // o is still zero: nothing to rescale
     to_probs<T, D>(pr, s);
@@ -122,7 +130,7 @@ __device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTi
       named_barrier_sync(1 + wg, Tr::kMathThreads);  // this warpgroup's turn
       wgmma::fence_operand(o[0]);
       wgmma::fence();
-      issue_qk<T, D>(s, q_addr, k_addr + ks * Tr::kTileBytes, wg);
+      issue_qk<T, D>(s, q_slot, k_addr + ks * Tr::kTileBytes, wg);
       wgmma::commit_group();
       const int vs = acquire(vr, b.v_full);
       issue_pv<T, D>(o, pr, v_addr + vs * Tr::kTileBytes);
@@ -132,7 +140,7 @@ __device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTi
       wgmma::fence_operand(s[0]);
       mbarrier_arrive(&b.k_empty[ks]);
       ++kr.count;
-      if (j == 0) mbarrier_arrive(&b.q_empty);
+      if (j == 0) release_q(b, qr);
       if (j >= first_masked) mask_tile(s, j * BN, row_pos, c.kv_end);
       const bool moved = softmax_tile(s, m, l, alpha, p.scale_log2);
       wgmma::wait_group<0>();  // P_{j+1} V_{j+1}: pr and o are free again
@@ -157,7 +165,7 @@ __device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTi
 
 template <typename T, int D>
 __global__ void __launch_bounds__(Traits<D>::kThreads, 1)
-    prefill_wgmma_kernel(const PrefillTcParams p, int num_items, int head_chunks) {
+    prefill_wgmma_kernel(const PrefillTcParams p, int num_items, int head_chunks, int* next_item) {
 #ifdef MPA_WGMMA_ENABLED
   extern __shared__ unsigned char smem_raw[];
   const SharedTiles<D> sm(smem_raw);
@@ -165,7 +173,7 @@ __global__ void __launch_bounds__(Traits<D>::kThreads, 1)
   __syncthreads();
   if (threadIdx.x < Traits<D>::kProducerThreads) {
     wgmma::set_max_registers_dec<Traits<D>::kProducerRegisters>();
-    produce<T, D>(p, sm, num_items, head_chunks);
+    produce<T, D>(p, sm, num_items, head_chunks, next_item);
   } else {
     wgmma::set_max_registers_inc<Traits<D>::kMathRegisters>();
     consume<T, D>(p, sm);
@@ -192,8 +200,12 @@ void launch_prefill_wgmma(const PrefillTcParams& p, int64_t head_size, int64_t n
     auto kernel = prefill_wgmma::prefill_wgmma_kernel<T, D>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         Tr::kSmemBytes));
+    // The tile counter, zeroed on the launch's stream (a memset node under graph capture).
+    const at::Tensor next_item =
+        at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
     kernel<<<static_cast<unsigned>(std::min<int64_t>(items, sms)), Tr::kThreads, Tr::kSmemBytes,
-             stream>>>(params, static_cast<int>(items), static_cast<int>(plan.head_chunks));
+             stream>>>(params, static_cast<int>(items), static_cast<int>(plan.head_chunks),
+                       next_item.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
