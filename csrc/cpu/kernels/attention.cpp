@@ -27,8 +27,7 @@ struct PartitionTask {
   float* acc;                  // [num_heads, head_size], unnormalised output
   float* max;                  // [num_heads], running max of the scores
   float* sum;                  // [num_heads], running sum of exp(score - max)
-  float* scores;               // [num_heads, block_size] scratch
-  const void** rows;           // [block_size] scratch
+  float* scores;               // [block_size, num_heads] scratch
   const int32_t* block_table;  // [max_blocks_per_seq]
   const void* k;               // key_cache data
   const void* v;               // value_cache data
@@ -42,7 +41,6 @@ template <typename T, int W>
 MPA_INLINE void attend_impl(const PartitionTask& t) {
   const int64_t H = t.num_heads, KVH = t.num_kv_heads, G = H / KVH;
   const int64_t D = t.head_size, B = t.block_size;
-  const T** rows = reinterpret_cast<const T**>(t.rows);
   std::fill(t.acc, t.acc + H * D, 0.f);
   std::fill(t.max, t.max + H, -std::numeric_limits<float>::infinity());
   std::fill(t.sum, t.sum + H, 0.f);
@@ -56,64 +54,44 @@ MPA_INLINE void attend_impl(const PartitionTask& t) {
     const T* kb = kc + block * t.k_block_stride;
     const T* vb = vc + block * t.v_block_stride;
     auto krow = [&](int64_t i, int64_t h) { return kb + i * t.k_token_stride + h * t.k_head_stride; };
-    // The next block's K and V rows are prefetched a row per row of this one:
-    // the hardware prefetchers stop at each 4 KB page, and blocks lie anywhere,
-    // so without this every block's first reads wait on memory.
-    const bool has_next = (b + 1) * B < t.end_token;
-    const int64_t next = has_next ? t.block_table[b + 1] : 0;
-    auto prefetch_next = [&](int64_t i, int64_t h) {
-      if (!has_next || i >= B) return;
-      const char* k = reinterpret_cast<const char*>(kc + next * t.k_block_stride +
-                                                    i * t.k_token_stride + h * t.k_head_stride);
-      const char* v = reinterpret_cast<const char*>(vc + next * t.v_block_stride +
-                                                    i * t.v_token_stride + h * t.v_head_stride);
-      for (int64_t o = 0; o < static_cast<int64_t>(D * sizeof(T)); o += 64) {
-        __builtin_prefetch(k + o);
-        __builtin_prefetch(v + o);
-      }
-    };
-
-    // Scores, token-major; small groups batch four tokens per head instead, below.
+    // Scores s[i * H + head], all heads of a token side by side, so that the
+    // softmax below runs across heads. Groups of four or more share each K
+    // row between four query heads; smaller groups batch four tokens per head.
+    float* const sc = t.scores;
     for (int64_t i = 0; G >= 4 && i < n; ++i) {
       for (int64_t h = 0; h < KVH; ++h) {
-        prefetch_next(i, h);
         const T* k = krow(i, h);
         const float* qh = t.q + h * G * D;
+        float* s = sc + i * H + h * G;
         for (int64_t g = 0; g + 4 <= G; g += 4) {
           const float* q = qh + g * D;
-          float s[4];
-          dot4<W>(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D, s);
-          for (int64_t j = 0; j < 4; ++j) t.scores[(h * G + g + j) * B + i] = s[j];
+          vstore<4>(s + g, dot4<W>(q, q + D, q + 2 * D, q + 3 * D, k, k, k, k, D));
         }
-        for (int64_t g = G / 4 * 4; g < G; ++g) t.scores[(h * G + g) * B + i] = dot<W>(qh + g * D, k, D);
+        for (int64_t g = G / 4 * 4; g < G; ++g) s[g] = dot<W>(qh + g * D, k, D);
       }
     }
     if (G < 4) {
       for (int64_t i = 0; i < n; i += 4) {
         for (int64_t h = 0; h < KVH; ++h) {
-          for (int64_t j = i; j < i + 4; ++j) prefetch_next(j, h);
           for (int64_t g = 0; g < G; ++g) {
-            const float* q = t.q + (h * G + g) * D;
-            float* p = t.scores + (h * G + g) * B;
+            const int64_t head = h * G + g;
+            const float* q = t.q + head * D;
             if (i + 4 <= n) {
-              dot4<W>(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D,
-                   p + i);
+              const typename Vec<4>::f32 r =
+                  dot4<W>(q, q, q, q, krow(i, h), krow(i + 1, h), krow(i + 2, h), krow(i + 3, h), D);
+              for (int j = 0; j < 4; ++j) sc[(i + j) * H + head] = r[j];
             } else {
-              for (int64_t j = i; j < n; ++j) p[j] = dot<W>(q, krow(j, h), D);
+              for (int64_t j = i; j < n; ++j) sc[j * H + head] = dot<W>(q, krow(j, h), D);
             }
           }
         }
       }
     }
 
+    online_softmax_columns<W>(sc, n, H, t.max, t.sum, t.acc, D);
     for (int64_t h = 0; h < KVH; ++h) {
-      float* p = t.scores + h * G * B;  // p[g * B + i]
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t head = h * G + g;
-        online_softmax<W>(p + g * B, n, t.max[head], t.sum[head], t.acc + head * D, D);
-      }
-      for (int64_t i = 0; i < n; ++i) rows[i] = vb + i * t.v_token_stride + h * t.v_head_stride;
-      weighted_rows_sum<W>(rows, p, B, G, n, t.acc + h * G * D, D);
+      weighted_rows_sum<W>(vb + h * t.v_head_stride, t.v_token_stride, sc + h * G, H, G, n,
+                           t.acc + h * G * D, D);
     }
   }
 }
@@ -198,7 +176,6 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(H * d.block_size);
-    std::vector<const void*> rows(d.block_size);
     int64_t s = std::upper_bound(first_task.begin(), first_task.end(), begin) -
                 first_task.begin() - 1;
     for (int64_t task = begin; task < end; ++task) {
@@ -209,7 +186,6 @@ void run_attention(const PagedAttentionDims& d, const at::Tensor& out, const at:
       t.max = max.data() + task * H;
       t.sum = sum.data() + task * H;
       t.scores = scores.data();
-      t.rows = rows.data();
       t.block_table = tables + s * block_tables.stride(0);
       t.k = key_cache.data_ptr();
       t.v = value_cache.data_ptr();

@@ -17,6 +17,8 @@
 #include "mini_paged_attn/fp8.h"
 
 #define MPA_INLINE inline __attribute__((always_inline))
+// The same for a lambda (GCC 12 left small lambdas as functions).
+#define MPA_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace mini_paged_attn::cpu {
 
@@ -108,31 +110,64 @@ MPA_INLINE float hmax(typename Vec<W>::f32 v) {
   }
 }
 
-// out[j] = dot(q[j], k[j]) for four pairs: four independent accumulators hide
-// the FMA latency, and the horizontal sums happen once per pair.
+// The four horizontal sums of a, b, c, d as one vector {sum a, sum b, sum c,
+// sum d}: pairwise adds of shuffled pairs within each 128-bit lane (what x86's
+// hadd does), then the lanes folded. 11 instructions for AVX2 where four
+// separate trees took 32.
+template <int W>
+MPA_INLINE typename Vec<4>::f32 hsum4(typename Vec<W>::f32 a, typename Vec<W>::f32 b,
+                                      typename Vec<W>::f32 c, typename Vec<W>::f32 d) {
+  using F = typename Vec<W>::f32;
+  // {x0 + x1, x2 + x3, y0 + y1, y2 + y3} in each 128-bit lane.
+  auto pair_sums = [](F x, F y) MPA_INLINE_LAMBDA -> F {
+    if constexpr (W == 4) {
+      return __builtin_shufflevector(x, y, 0, 2, 4, 6) + __builtin_shufflevector(x, y, 1, 3, 5, 7);
+    } else if constexpr (W == 8) {
+      return __builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) +
+             __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
+    } else {
+      static_assert(W == 16);
+      return __builtin_shufflevector(x, y, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28,
+                                     30) +
+             __builtin_shufflevector(x, y, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29,
+                                     31);
+    }
+  };
+  const F r = pair_sums(pair_sums(a, b), pair_sums(c, d));  // {a, b, c, d} partials per lane
+  if constexpr (W == 4) {
+    return r;
+  } else if constexpr (W == 8) {
+    return __builtin_shufflevector(r, r, 0, 1, 2, 3) + __builtin_shufflevector(r, r, 4, 5, 6, 7);
+  } else {
+    const typename Vec<8>::f32 h = __builtin_shufflevector(r, r, 0, 1, 2, 3, 4, 5, 6, 7) +
+                                   __builtin_shufflevector(r, r, 8, 9, 10, 11, 12, 13, 14, 15);
+    return __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  }
+}
+
+// {dot(q0, k0), ..., dot(q3, k3)}: four independent accumulators hide the FMA
+// latency, and the horizontal sums happen once, together.
 template <int W, typename T>
-MPA_INLINE void dot4(const float* q0, const float* q1, const float* q2, const float* q3,
-                     const T* k0, const T* k1, const T* k2, const T* k3, int64_t n,
-                     float* out) {
+MPA_INLINE typename Vec<4>::f32 dot4(const float* q0, const float* q1, const float* q2,
+                                     const float* q3, const T* k0, const T* k1, const T* k2,
+                                     const T* k3, int64_t n) {
   typename Vec<W>::f32 s0 = {}, s1 = {}, s2 = {}, s3 = {};
   int64_t i = 0;
+#pragma GCC unroll 4
   for (; i + W <= n; i += W) {
     s0 += vload<W>(q0 + i) * vload<W>(k0 + i);
     s1 += vload<W>(q1 + i) * vload<W>(k1 + i);
     s2 += vload<W>(q2 + i) * vload<W>(k2 + i);
     s3 += vload<W>(q3 + i) * vload<W>(k3 + i);
   }
-  float t0 = hsum<W>(s0), t1 = hsum<W>(s1), t2 = hsum<W>(s2), t3 = hsum<W>(s3);
+  typename Vec<4>::f32 t = hsum4<W>(s0, s1, s2, s3);
   for (; i < n; ++i) {
-    t0 += q0[i] * static_cast<float>(k0[i]);
-    t1 += q1[i] * static_cast<float>(k1[i]);
-    t2 += q2[i] * static_cast<float>(k2[i]);
-    t3 += q3[i] * static_cast<float>(k3[i]);
+    t[0] += q0[i] * static_cast<float>(k0[i]);
+    t[1] += q1[i] * static_cast<float>(k1[i]);
+    t[2] += q2[i] * static_cast<float>(k2[i]);
+    t[3] += q3[i] * static_cast<float>(k3[i]);
   }
-  out[0] = t0;
-  out[1] = t1;
-  out[2] = t2;
-  out[3] = t3;
+  return t;
 }
 
 template <int W, typename T>
@@ -210,20 +245,75 @@ MPA_INLINE void online_softmax(float* p, int64_t n, float& max, float& sum, floa
   sum += total;
 }
 
-// acc[j][d, d + NV * W) += sum_i p[j][i] * rows[i][d, d + NV * W) for four
-// heads j, in 4 x NV accumulators held for all the rows.
+// The same step for h rows at once, laid out as columns: scores p[i * h + r]
+// of n new keys for rows r < h (a decode block: one column per query head),
+// with max[r], sum[r] and acc[r * d, (r + 1) * d). Vectorised across the rows,
+// so the max and the sum need no horizontal reductions; an output row is
+// rescaled only when its max moved (exp(0) is exactly 1, so the others would
+// not change anyway).
+template <int W>
+MPA_INLINE void online_softmax_columns(float* p, int64_t n, int64_t h, float* max, float* sum,
+                                       float* acc, int64_t d) {
+  using F = typename Vec<W>::f32;
+  int64_t r = 0;
+  for (; r + W <= h; r += W) {
+    const F old = vload<W>(max + r);
+    F m = old;
+    for (int64_t i = 0; i < n; ++i) {
+      const F x = vload<W>(p + i * h + r);
+      m = m > x ? m : x;
+    }
+    const F alpha = exp_nonpositive<W>(old - m);  // ~0 while old is -inf; acc is 0 then
+    F total = vload<W>(sum + r) * alpha;
+    for (int j = 0; j < W; ++j) {
+      if (m[j] == old[j]) continue;
+      float* a = acc + (r + j) * d;
+      int64_t e = 0;
+      for (; e + W <= d; e += W) vstore<W>(a + e, vload<W>(a + e) * alpha[j]);
+      for (; e < d; ++e) a[e] *= alpha[j];
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const F x = exp_nonpositive<W>(vload<W>(p + i * h + r) - m);
+      vstore<W>(p + i * h + r, x);
+      total += x;
+    }
+    vstore<W>(max + r, m);
+    vstore<W>(sum + r, total);
+  }
+  for (; r < h; ++r) {
+    float m = max[r];
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, p[i * h + r]);
+    const float alpha = exp_nonpositive<1>(max[r] - m);
+    if (m != max[r]) {
+      for (int64_t e = 0; e < d; ++e) acc[r * d + e] *= alpha;
+    }
+    float total = sum[r] * alpha;
+    for (int64_t i = 0; i < n; ++i) {
+      p[i * h + r] = exp_nonpositive<1>(p[i * h + r] - m);
+      total += p[i * h + r];
+    }
+    max[r] = m;
+    sum[r] = total;
+  }
+}
+
+// acc[j][d, d + NV * W) += sum_i p[i * ps + j] * row_i[d, d + NV * W) for four
+// heads j (row_i = rows + i * rs), in 4 x NV accumulators held for all the rows.
 template <int W, int NV, typename T>
-MPA_INLINE void four_heads_rows_sum(const T* const* rows, const float* const (&p)[4],
+MPA_INLINE void four_heads_rows_sum(const T* rows, int64_t rs, const float* p, int64_t ps,
                                     int64_t num_rows, float* const (&acc)[4], int64_t d) {
   typename Vec<W>::f32 s[4][NV];
   for (int j = 0; j < 4; ++j) {
     for (int v = 0; v < NV; ++v) s[j][v] = vload<W>(acc[j] + d + v * W);
   }
+#pragma GCC unroll 4
   for (int64_t i = 0; i < num_rows; ++i) {
+    const T* row = rows + i * rs + d;
+    const float* pi = p + i * ps;
     typename Vec<W>::f32 x[NV];
-    for (int v = 0; v < NV; ++v) x[v] = vload<W>(rows[i] + d + v * W);
+    for (int v = 0; v < NV; ++v) x[v] = vload<W>(row + v * W);
     for (int j = 0; j < 4; ++j) {
-      for (int v = 0; v < NV; ++v) s[j][v] += p[j][i] * x[v];
+      for (int v = 0; v < NV; ++v) s[j][v] += pi[j] * x[v];
     }
   }
   for (int j = 0; j < 4; ++j) {
@@ -231,45 +321,43 @@ MPA_INLINE void four_heads_rows_sum(const T* const* rows, const float* const (&p
   }
 }
 
-// acc[g][d] += sum_i p[g][i] * rows[i][d] for the heads g of a group
-// (p[g] = p + g * p_stride, acc[g] = acc + g * n). Four heads share each
-// loaded row; sums stay in registers for a whole block, which avoids a
-// read-modify-write of acc per row (a store-to-load forwarding chain).
+// acc[g][e] += sum_i p[i * ps + g] * rows[i * rs + e] for the heads g of a
+// group (acc[g] = acc + g * n). Four heads share each loaded row; sums stay in
+// registers for a whole block, which avoids a read-modify-write of acc per
+// row (a store-to-load forwarding chain).
 template <int W, typename T>
-MPA_INLINE void weighted_rows_sum(const T* const* rows, const float* p, int64_t p_stride,
+MPA_INLINE void weighted_rows_sum(const T* rows, int64_t rs, const float* p, int64_t ps,
                                   int64_t num_heads, int64_t num_rows, float* acc, int64_t n) {
   int64_t g = 0;
   for (; g + 4 <= num_heads; g += 4) {
-    const float* const ps[4] = {p + g * p_stride, p + (g + 1) * p_stride,
-                                p + (g + 2) * p_stride, p + (g + 3) * p_stride};
     float* const as[4] = {acc + g * n, acc + (g + 1) * n, acc + (g + 2) * n, acc + (g + 3) * n};
     int64_t d = 0;
     // Two vectors per head: eight independent FMA chains keep both FMA units busy.
-    for (; d + 2 * W <= n; d += 2 * W) four_heads_rows_sum<W, 2>(rows, ps, num_rows, as, d);
-    for (; d + W <= n; d += W) four_heads_rows_sum<W, 1>(rows, ps, num_rows, as, d);
+    for (; d + 2 * W <= n; d += 2 * W) four_heads_rows_sum<W, 2>(rows, rs, p + g, ps, num_rows, as, d);
+    for (; d + W <= n; d += W) four_heads_rows_sum<W, 1>(rows, rs, p + g, ps, num_rows, as, d);
     for (; d < n; ++d) {
       for (int64_t i = 0; i < num_rows; ++i) {
-        const float v = static_cast<float>(rows[i][d]);
-        for (int j = 0; j < 4; ++j) as[j][d] += ps[j][i] * v;
+        const float v = static_cast<float>(rows[i * rs + d]);
+        for (int j = 0; j < 4; ++j) as[j][d] += p[i * ps + g + j] * v;
       }
     }
   }
   for (; g < num_heads; ++g) {
-    const float* pg = p + g * p_stride;
     float* ag = acc + g * n;
     int64_t d = 0;
     for (; d + 2 * W <= n; d += 2 * W) {
       typename Vec<W>::f32 s0 = vload<W>(ag + d), s1 = vload<W>(ag + d + W);
       for (int64_t i = 0; i < num_rows; ++i) {
-        s0 += pg[i] * vload<W>(rows[i] + d);
-        s1 += pg[i] * vload<W>(rows[i] + d + W);
+        const float pg = p[i * ps + g];
+        s0 += pg * vload<W>(rows + i * rs + d);
+        s1 += pg * vload<W>(rows + i * rs + d + W);
       }
       vstore<W>(ag + d, s0);
       vstore<W>(ag + d + W, s1);
     }
     for (; d < n; ++d) {
       float s = ag[d];
-      for (int64_t i = 0; i < num_rows; ++i) s += pg[i] * static_cast<float>(rows[i][d]);
+      for (int64_t i = 0; i < num_rows; ++i) s += p[i * ps + g] * static_cast<float>(rows[i * rs + d]);
       ag[d] = s;
     }
   }

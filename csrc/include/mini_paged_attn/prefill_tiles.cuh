@@ -38,7 +38,13 @@ __device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, int
   int before = 0;  // tiles of the sequences already scanned
   for (int s0 = 0; s0 < p.num_seqs; s0 += 32) {
     const int s = s0 + lane;
-    const int len = s < p.num_seqs ? p.query_start_loc[s + 1] - p.query_start_loc[s] : 0;
+    // All three loads in one trip: the hit's values then come by shuffle.
+    int start = 0, len = 0, context = 0;
+    if (s < p.num_seqs) {
+      start = p.query_start_loc[s];
+      len = p.query_start_loc[s + 1] - start;
+      context = p.kv.context_lens[s];
+    }
     const int tiles = (len + tpt - 1) / tpt;
     int incl = tiles;
 #pragma unroll
@@ -54,9 +60,9 @@ __device__ __forceinline__ bool find_tile(const PrefillTcParams& p, int idx, int
       const int q_len = __shfl_sync(0xffffffffu, len, hit);
       const int tile = n_tiles - 1 - (idx - before - excl);
       c.seq = s0 + hit;
-      c.first_token = p.query_start_loc[c.seq] + tile * tpt;
+      c.first_token = __shfl_sync(0xffffffffu, start, hit) + tile * tpt;
       c.tokens = min(tpt, q_len - tile * tpt);
-      c.first_pos = p.kv.context_lens[c.seq] - q_len + tile * tpt;
+      c.first_pos = __shfl_sync(0xffffffffu, context, hit) - q_len + tile * tpt;
       c.kv_end = c.first_pos + c.tokens;
       c.kv_head = y / p.head_chunks;
       c.first_head = c.kv_head * p.group_size + (y % p.head_chunks) * p.heads_per_cta;

@@ -10,7 +10,9 @@
 // softmax, and wait for the second only before rescaling O. Between the two
 // warpgroups, ping-pong: they take turns to issue a key tile's multiplies
 // (named barriers 1 and 2), so one's softmax runs during the other's
-// multiplies. Tiles, GQA rows and masking are as in the mma.sync kernel
+// multiplies; a tile's first S takes its turn too (FlashAttention-3's
+// order), so one warpgroup's first softmax overlaps the other's first S.
+// Tiles, GQA rows and masking are as in the mma.sync kernel
 // (prefill_tiles.cuh), which serves the other head sizes and GPUs.
 #pragma once
 
@@ -114,9 +116,11 @@ __device__ __forceinline__ void consume(const PrefillTcParams& p, const SharedTi
     const uint32_t q_slot = q_addr + qr.slot() * Tr::kQBytes;
     mbarrier_wait(&b.q_full[qr.slot()], qr.parity());
     int ks = acquire(kr, b.k_full);
+    named_barrier_sync(1 + wg, Tr::kMathThreads);  // the first S takes turns too
     wgmma::fence();
     issue_qk<T, D>(s, q_slot, k_addr + ks * Tr::kTileBytes, wg);
     wgmma::commit_group();
+    named_barrier_arrive(2 - wg, Tr::kMathThreads);
     wgmma::wait_group<0>();
     wgmma::fence_operand(s[0]);
     mbarrier_arrive(&b.k_empty[ks]);
