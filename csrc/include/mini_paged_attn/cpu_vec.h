@@ -17,8 +17,6 @@
 #include "mini_paged_attn/fp8.h"
 
 #define MPA_INLINE inline __attribute__((always_inline))
-// The same for a lambda (GCC 12 left small lambdas as functions).
-#define MPA_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace mini_paged_attn::cpu {
 
@@ -119,7 +117,7 @@ MPA_INLINE typename Vec<4>::f32 hsum4(typename Vec<W>::f32 a, typename Vec<W>::f
                                       typename Vec<W>::f32 c, typename Vec<W>::f32 d) {
   using F = typename Vec<W>::f32;
   // {x0 + x1, x2 + x3, y0 + y1, y2 + y3} in each 128-bit lane.
-  auto pair_sums = [](F x, F y) MPA_INLINE_LAMBDA -> F {
+  auto pair_sums = [](F x, F y) -> F {
     if constexpr (W == 4) {
       return __builtin_shufflevector(x, y, 0, 2, 4, 6) + __builtin_shufflevector(x, y, 1, 3, 5, 7);
     } else if constexpr (W == 8) {
